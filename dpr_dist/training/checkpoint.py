@@ -1,0 +1,72 @@
+"""Stage checkpoints: a directory with the weights (safetensors: no pickle), the config and metrics.
+
+    <dir>/model.safetensors   every tensor of the model's state_dict
+    <dir>/config.yaml         the full TrainConfig that produced it (a run can be reproduced from it)
+    <dir>/metrics.json        stage, best epoch, validation metrics, data manifest sha256, code version
+    <dir>/COMPLETE            written last: a directory without it is a partial checkpoint
+
+Each file is written atomically; a checkpoint is complete only once ``COMPLETE`` exists, and
+``COMPLETE`` lists the sha256 of the other files so a corrupted file is detected and named on load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from dpr_dist.common.atomic import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+COMPLETE = "COMPLETE"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def save_checkpoint(directory: str | Path, state: dict[str, torch.Tensor], config: dict, metrics: dict) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / COMPLETE).unlink(missing_ok=True)  # the old checkpoint stops counting as complete
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    with atomic_path(directory / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
+    write_bytes_atomic(directory / CONFIG, yaml.safe_dump(config, sort_keys=False).encode())
+    write_json_atomic(directory / METRICS, metrics)
+    sums = {name: sha256_file(directory / name) for name in (WEIGHTS, CONFIG, METRICS)}
+    write_json_atomic(directory / COMPLETE, sums)
+    return directory
+
+
+def load_checkpoint(directory: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """Return (state_dict, config, metrics); refuse a partial or altered checkpoint, naming the file."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {directory}")
+    marker = directory / COMPLETE
+    if not marker.exists():
+        raise CheckpointError(f"{directory}: partial checkpoint ({COMPLETE} missing): was the run interrupted?")
+    try:
+        sums = json.loads(marker.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{marker}: corrupt ({exc})") from None
+    for name, expected in sums.items():
+        path = directory / name
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing from checkpoint")
+        if verify and sha256_file(path) != expected:
+            raise CheckpointError(f"{path}: sha256 differs from {COMPLETE}: the file is corrupt or was altered")
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{directory / WEIGHTS}: cannot be read: {exc}") from None
+    config = yaml.safe_load((directory / CONFIG).read_text())
+    metrics = json.loads((directory / METRICS).read_text())
+    return state, config, metrics

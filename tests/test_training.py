@@ -1,0 +1,104 @@
+"""The three stages on a tiny prepared data set: freezing, checkpoints, determinism, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpr_dist.common.configio import load_yaml
+from dpr_dist.training.checkpoint import CheckpointError, load_checkpoint
+from dpr_dist.training.config import TrainConfig
+from dpr_dist.training.run import load_model, run_stages
+from launch import evaluate, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "train" / "tiny.yaml"
+
+
+def tiny_config(data_dir: Path, out_dir: Path, **overrides) -> TrainConfig:
+    return load_yaml(TrainConfig, TINY, {"data_dir": str(data_dir), "out_dir": str(out_dir), **overrides})
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_prepared, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    assert train.main(["--config", str(TINY), "--set", f"data_dir={tiny_prepared}", "--set", f"out_dir={out}"]) == 0
+    return out
+
+
+def test_every_stage_writes_a_complete_checkpoint_selected_on_validation(trained_run):
+    for stage in ("warmup", "align", "steer"):
+        state, config, metrics = load_checkpoint(trained_run / stage)
+        assert metrics["stage"] == stage
+        assert metrics["selected_on"].startswith("valid/")
+        history = [json.loads(line) for line in (trained_run / stage / "history.jsonl").read_text().splitlines()]
+        # the kept epoch is the one with the best validation value
+        key = metrics["selected_on"]
+        sign = -1.0 if key.startswith("valid/-") else 1.0
+        values = [sign * h[key.replace("valid/-", "valid/")] for h in history]
+        assert metrics["best_epoch"] == max(range(len(values)), key=lambda i: (values[i], -i))
+        assert config["seed"] == 0 and config["data_dir"]
+
+
+def test_frozen_groups_stay_bit_identical_through_a_stage(trained_run, tiny_prepared, tmp_path):
+    """align trains only the projection; steer leaves backbone and item table untouched."""
+    warm, _, _ = load_model(trained_run / "warmup")
+    align, _, _ = load_model(trained_run / "align")
+    steer, _, _ = load_model(trained_run / "steer")
+    changed = lambda a, b, prefix: [k for k, v in a.state_dict().items() if k.startswith(prefix) and not torch.equal(v, b.state_dict()[k])]
+    for prefix in ("backbone.", "item_table.", "experts.", "router.", "fusion."):
+        assert changed(warm, align, prefix) == [], prefix
+    assert changed(warm, align, "projection."), "align must train the projection"
+    for prefix in ("backbone.", "item_table."):
+        assert changed(align, steer, prefix) == [], prefix
+    assert changed(align, steer, "experts."), "steer must train the experts"
+
+
+def test_stage_by_stage_equals_all_at_once(trained_run, tiny_prepared, tmp_path):
+    cfg = tiny_config(tiny_prepared, tmp_path)
+    run_stages(cfg, ("warmup",))
+    run_stages(cfg, ("align", "steer"))
+    a, _, _ = load_checkpoint(trained_run / "steer")
+    b, _, _ = load_checkpoint(tmp_path / "steer")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_report_is_deterministic_and_no_prompt_path_equals_backbone(trained_run, tmp_path):
+    for name in ("r1", "r2"):
+        assert evaluate.main(["--checkpoint", str(trained_run / "steer"), "--out", str(tmp_path / name)]) == 0
+    r1 = json.loads((tmp_path / "r1" / "report.json").read_text())
+    r2 = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert r1["results"] == r2["results"]
+    standard = r1["results"]["standard"]["all"]
+    assert standard["dpr"] == standard["backbone"]
+    assert set(r1["results"]) == {"standard", "positive", "negative", "combined"}
+    assert (tmp_path / "r1" / "report.md").read_text().startswith("# Evaluation report")
+    assert (tmp_path / "r1" / "training_curves.png").stat().st_size > 1000
+    # the hard filter never shows a suppressed item
+    assert r1["results"]["negative"]["all"]["hard_filter"]["violation@10"] == 0.0
+    assert r1["results"]["negative"]["all"]["dpr+filter"]["violation@10"] == 0.0
+
+
+def test_corrupt_or_partial_checkpoint_is_refused_by_name(trained_run, tmp_path):
+    import shutil
+
+    bad = tmp_path / "steer"
+    shutil.copytree(trained_run / "steer", bad)
+    weights = bad / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors.*corrupt"):
+        load_checkpoint(bad)
+    (bad / "COMPLETE").unlink()
+    with pytest.raises(CheckpointError, match="partial checkpoint"):
+        load_checkpoint(bad)
