@@ -78,7 +78,8 @@ def train_stage(
         sums: dict[str, float] = {}
         steps = 0
         epoch_start = time.time()
-        for batch in tqdm(make_batches(stage_name, epoch), desc=f"{stage_name} epoch {epoch}", leave=False):
+        # disable=None: a live bar on a terminal, nothing in CI logs (the per-epoch line still prints).
+        for batch in tqdm(make_batches(stage_name, epoch), desc=f"{stage_name} epoch {epoch}", leave=False, disable=None):
             loss, logs = objective(model, batch, stage, ctx)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"stage {stage_name}, epoch {epoch}, step {steps}: loss is {loss.item()}")

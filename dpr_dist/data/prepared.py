@@ -1,0 +1,112 @@
+"""Load a prepared data set (the layout of :mod:`dpr_dist.common.schema`) for training and evaluation.
+
+Every check names the file at fault: a missing file, a shard listed in the manifest but absent, a
+schema version this code cannot read, or tables that disagree with each other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dpr_dist.common import schema
+
+
+class PreparedDataError(ValueError):
+    """A prepared directory is incomplete or inconsistent."""
+
+
+@dataclass
+class Prepared:
+    root: Path
+    manifest: dict
+    items: pd.DataFrame               # one row per item id 1..N, in id order
+    prompts: pd.DataFrame             # one row per prompt id 0..P-1, in id order
+    prompt_embeddings: torch.Tensor   # float32 [P, D]
+    item_tag: torch.Tensor            # bool [N+1, T]; row 0 (padding) is all False
+    tag_names: list[str]
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items)
+
+    def shards(self, split: str, kind: str) -> list[tuple[Path, int]]:
+        """(absolute path, sample count) of every shard of one set, sorted by path."""
+        return [
+            (self.root / rel, int(entry["count"]))
+            for rel, entry in sorted(self.manifest["shards"].items())
+            if entry["split"] == split and entry["kind"] == kind
+        ]
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise PreparedDataError(f"{path}: missing {what}")
+    return path
+
+
+def read_manifest(root: Path) -> dict:
+    path = _require(root / schema.MANIFEST_NAME, "manifest (unfinished preparation, or not a prepared directory)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PreparedDataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    version = manifest.get("schema_version")
+    if version != schema.SCHEMA_VERSION:
+        raise PreparedDataError(f"{path}: schema_version {version!r}, this code reads {schema.SCHEMA_VERSION}")
+    for key in ("tags", "shards"):
+        if key not in manifest:
+            raise PreparedDataError(f"{path}: no {key!r} entry")
+    for rel in sorted(manifest["shards"]):
+        _require(root / rel, "shard listed in the manifest")
+    return manifest
+
+
+def _check_ids(frame: pd.DataFrame, column: str, first: int, path: Path) -> None:
+    expected = np.arange(first, first + len(frame))
+    if not np.array_equal(frame[column].to_numpy(), expected):
+        raise PreparedDataError(f"{path}: column {column!r} must be {first}..{first + len(frame) - 1} in order")
+
+
+def item_tag_matrix(items: pd.DataFrame, tag_names: list[str], path: Path) -> torch.Tensor:
+    """Bool ``[N+1, T]``: item id i carries tag t. Unknown tag names are an error naming the item."""
+    index = {name: i for i, name in enumerate(tag_names)}
+    matrix = torch.zeros(len(items) + 1, len(tag_names), dtype=torch.bool)
+    for item_id, tags in zip(items["item_id"].to_numpy(), items["tags"]):
+        for tag in tags:
+            if tag not in index:
+                raise PreparedDataError(f"{path}: item {item_id} has tag {tag!r}, not in manifest tags")
+            matrix[int(item_id), index[tag]] = True
+    return matrix
+
+
+def load_prepared(root: str | Path) -> Prepared:
+    root = Path(root)
+    manifest = read_manifest(root)
+    items_path = _require(root / schema.ITEMS_NAME, "item table")
+    prompts_path = _require(root / schema.PROMPTS_NAME, "prompt table")
+    emb_path = _require(root / schema.PROMPT_EMB_NAME, "prompt embeddings")
+    items = pd.read_parquet(items_path).sort_values("item_id", kind="stable").reset_index(drop=True)
+    prompts = pd.read_parquet(prompts_path).sort_values("prompt_id", kind="stable").reset_index(drop=True)
+    _check_ids(items, "item_id", 1, items_path)
+    _check_ids(prompts, "prompt_id", 0, prompts_path)
+    embeddings = np.load(emb_path, allow_pickle=False)
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(prompts):
+        raise PreparedDataError(
+            f"{emb_path}: shape {embeddings.shape}, expected [{len(prompts)}, D] (one row per prompt)"
+        )
+    tag_names = list(manifest["tags"])
+    return Prepared(
+        root=root,
+        manifest=manifest,
+        items=items,
+        prompts=prompts,
+        prompt_embeddings=torch.from_numpy(embeddings.astype(np.float32, copy=False)),
+        item_tag=item_tag_matrix(items, tag_names, items_path),
+        tag_names=tag_names,
+    )

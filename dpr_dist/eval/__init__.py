@@ -1,0 +1,4 @@
+"""Evaluation: full-ranking metrics (the judge), baselines, reports and plots.
+
+Imports nothing from training code, so a training bug cannot leak into its own assessment.
+"""

@@ -1,0 +1,109 @@
+"""DPRModel: a sequential backbone whose user vector a prompt can steer (DPR_SPEC.md "Model").
+
+The model holds no distribution logic: the item table and the backbone are passed in, so a
+sharded table can replace the plain one behind the same ItemTable interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .backbones.base import Backbone
+from .config import ModelConfig
+from .experts import ExpertBank
+from .fusion import FusionGate
+from .item_table import PAD_ID, ItemTable
+from .projection import PromptProjection
+from .routing import NO_CLAUSE, Router, group_probabilities
+
+
+@dataclass
+class StreamOutput:
+    u: Tensor                             # [B, d] steered user vector (== h without prompt)
+    h: Tensor                             # [B, d] backbone user state
+    z: Tensor | None = None               # [B, C, d] projected clauses
+    router_logits: Tensor | None = None   # [B, C, 2] polarity-group logits (POSITIVE_GROUP, NEGATIVE_GROUP)
+    group_probs: Tensor | None = None     # [B, C, 2] group weights actually used (0/1 in hard mode)
+
+
+class DPRModel(nn.Module):
+    """Parameter groups are the named submodules ``backbone``, ``item_table``, ``projection``,
+    ``experts`` (``experts.pos`` / ``experts.neg`` / ``experts.shared``), ``router``, ``fusion``."""
+
+    def __init__(self, backbone: Backbone, item_table: ItemTable, cfg: ModelConfig) -> None:
+        super().__init__()
+        if item_table.dim != cfg.hidden:
+            raise ValueError(f"item table dim {item_table.dim} != ModelConfig.hidden {cfg.hidden}")
+        self.cfg = cfg
+        self.backbone = backbone
+        self.item_table = item_table
+        self.projection = PromptProjection(cfg)
+        self.experts = ExpertBank(cfg)
+        self.router = Router(cfg)
+        self.fusion = FusionGate(cfg)
+
+    def encode_history(self, hist: Tensor) -> tuple[Tensor, Tensor]:
+        """hist LongTensor [B, L], left-padded with 0 -> (H [B, L', d], h [B, d]).
+
+        Histories longer than max_len keep their max_len most recent items (L' = min(L, max_len)).
+        """
+        hist = hist[:, -self.cfg.max_len :]
+        H = self.backbone(self.item_table.lookup(hist), hist == PAD_ID)
+        return H, H[:, -1]
+
+    def project_prompt(self, t: Tensor) -> Tensor:
+        """z = P(t) for the align stage; t [..., prompt_dim] -> [..., d]."""
+        return self.projection(t)
+
+    def steer(
+        self, H: Tensor, h: Tensor, pad_mask: Tensor,
+        clause_emb: Tensor | None, clause_polarity: Tensor | None,
+    ) -> StreamOutput:
+        """Apply up to C clauses to the user state.
+
+        clause_emb [B, C, prompt_dim]; clause_polarity LongTensor [B, C] with +1 / -1 / 0 (no
+        clause) / 2 (unlabelled, learned routing only). A row whose clauses are all 0 gets u == h
+        bit-exactly; with no clause tensor at all, u is h itself.
+        """
+        if clause_emb is None or clause_emb.shape[1] == 0:
+            return StreamOutput(u=h, h=h)
+        if clause_polarity is None or clause_polarity.shape != clause_emb.shape[:2]:
+            got = None if clause_polarity is None else tuple(clause_polarity.shape)
+            raise ValueError(f"clause_polarity must have shape {tuple(clause_emb.shape[:2])}, got {got}")
+        pad_mask = pad_mask[:, -H.shape[1] :]
+        active = clause_polarity != NO_CLAUSE
+        z = self.projection(clause_emb)
+        route = self.router(h, clause_emb)
+        probs = group_probabilities(route.group_logits, clause_polarity, self.cfg.routing)
+        mix = self.experts(H, h, z, _readable(pad_mask, z.shape[1]), probs, route.pos_weights, route.neg_weights)
+        contrib = self.fusion(h, z) * mix
+        # where(), not a multiplication by 0: a padding clause then adds exactly nothing, even -0.0.
+        delta = torch.where(active.unsqueeze(-1), contrib, torch.zeros_like(contrib)).sum(dim=1)
+        u = torch.where(active.any(dim=1, keepdim=True), h + delta, h)
+        return StreamOutput(u=u, h=h, z=z, router_logits=route.group_logits, group_probs=probs)
+
+    def forward(
+        self, hist: Tensor, clause_emb: Tensor | None = None, clause_polarity: Tensor | None = None
+    ) -> StreamOutput:
+        H, h = self.encode_history(hist)
+        return self.steer(H, h, hist == PAD_ID, clause_emb, clause_polarity)
+
+    def user_vectors(
+        self, hist: Tensor, clause_emb: Tensor | None = None, clause_polarity: Tensor | None = None
+    ) -> Tensor:
+        """u [B, d]; score the catalogue with ``model.item_table.score_all(u)``."""
+        return self.forward(hist, clause_emb, clause_polarity).u
+
+
+def _readable(pad_mask: Tensor, num_clauses: int) -> Tensor:
+    """Bool [B, C, L]: the history positions each clause's attention read may use.
+
+    A row with an empty history may read every position: they are all zero padding states (the
+    Backbone contract), so the read is a harmless constant instead of a softmax over nothing.
+    """
+    readable = ~pad_mask
+    readable = readable | ~readable.any(dim=1, keepdim=True)
+    return readable.unsqueeze(1).expand(-1, num_clauses, -1)

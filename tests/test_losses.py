@@ -1,0 +1,196 @@
+"""Losses against independent numpy computations and their intended training effect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dpr_dist.losses import (
+    align_infonce, full_softmax_ce, router_polarity_loss, sampled_softmax_logq, suppression,
+)
+from dpr_dist.modules import PlainItemTable
+
+N = 30
+D = 8
+
+
+def np_logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = x.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def np_ce(logits: np.ndarray, target: np.ndarray) -> float:
+    return float(np.mean(np_logsumexp(logits) - logits[np.arange(len(target)), target]))
+
+
+class SpyTable(PlainItemTable):
+    """Records every looked-up id and forbids full scoring."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        super().__init__(N, D)
+        self.looked_up: list[torch.Tensor] = []
+
+    def lookup(self, ids):
+        self.looked_up.append(ids.reshape(-1))
+        return super().lookup(ids)
+
+    def score_all(self, u):
+        raise AssertionError("sampled softmax must not score the whole catalogue")
+
+
+# ---------------------------------------------------------------- full softmax
+
+def test_full_softmax_ce_per_position_ignores_padding_and_the_padding_column():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 4, N + 1, generator=gen, dtype=torch.float64)
+    targets = torch.tensor([[0, 0, 5, 7], [1, 2, 3, 4], [0, 9, 0, 30]])
+    loss = full_softmax_ce(scores, targets)
+    s = scores.numpy().reshape(-1, N + 1)[:, 1:]  # independent: drop column 0 instead of masking it
+    t = targets.numpy().reshape(-1)
+    keep = t != 0
+    assert loss.item() == pytest.approx(np_ce(s[keep], t[keep] - 1), rel=1e-12)
+
+
+def test_full_softmax_ce_with_no_targets_is_zero_and_differentiable():
+    scores = torch.randn(2, N + 1, requires_grad=True)
+    loss = full_softmax_ce(scores, torch.zeros(2, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(scores.grad, torch.zeros_like(scores))
+
+
+# ---------------------------------------------------------------- sampled softmax
+
+def test_sampled_softmax_matches_an_independent_logq_computation():
+    table = SpyTable()
+    gen = torch.Generator().manual_seed(1)
+    u = torch.randn(4, D, generator=gen, dtype=torch.float32)
+    pos = torch.tensor([3, 7, 0, 12])
+    q = torch.rand(N + 1, generator=gen) + 0.1
+    q[0] = 0
+    log_q = (q / q.sum()).log()
+    negatives = torch.tensor([7, 1, 12, 12, 25])  # accidental hits for rows 1 and 3 (12 twice)
+    loss = sampled_softmax_logq(u, pos, table, 5, log_q, negative_ids=negatives)
+
+    E = table.embedding.weight.detach().double().numpy()
+    lq = log_q.double().numpy()
+    per_row = []
+    for b in (0, 1, 3):  # row 2 is padding
+        p = int(pos[b])
+        ids = [p] + [int(n) for n in negatives if int(n) != p]
+        logits = np.array([E[i] @ u[b].double().numpy() - lq[i] for i in ids])
+        per_row.append(np_logsumexp(logits) - logits[0])
+    assert loss.item() == pytest.approx(float(np.mean(per_row)), rel=1e-5)
+
+
+def test_sampled_softmax_with_all_items_and_uniform_q_equals_full_softmax():
+    table = PlainItemTable(N, D)
+    u = torch.randn(5, D, dtype=torch.float32)
+    pos = torch.tensor([1, 4, 30, 17, 4])
+    uniform = torch.full((N + 1,), float(np.log(1.0 / N)))
+    sampled = sampled_softmax_logq(u, pos, table, N, uniform, negative_ids=torch.arange(1, N + 1))
+    full = full_softmax_ce(table.score_all(u), pos)
+    torch.testing.assert_close(sampled, full, rtol=1e-6, atol=1e-6)
+
+
+def test_sampled_softmax_gradient_reaches_only_the_looked_up_rows():
+    table = SpyTable()
+    log_q = torch.full((N + 1,), float(np.log(1.0 / N)))
+    u = torch.randn(6, 3, D, requires_grad=True)  # per-position user states
+    pos = torch.randint(0, N + 1, (6, 3), generator=torch.Generator().manual_seed(2))
+    gen = torch.Generator().manual_seed(3)
+    loss = sampled_softmax_logq(u, pos, table, 4, log_q, generator=gen)
+    loss.backward()
+    used = torch.unique(torch.cat(table.looked_up))
+    touched = torch.nonzero(table.embedding.weight.grad.abs().sum(1)).squeeze(1)
+    assert set(touched.tolist()) <= set(used.tolist()) - {0}
+    assert len(touched) > 0 and len(used) < N + 1
+    # Same seed, same negatives, same loss.
+    again = sampled_softmax_logq(u, pos, table, 4, log_q, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(loss, again)
+
+
+def test_sampled_negatives_follow_q_and_never_draw_padding():
+    q = torch.zeros(N + 1)
+    q[[2, 5]] = torch.tensor([0.25, 0.75])
+    log_q = q.log()
+    table = SpyTable()
+    sampled_softmax_logq(torch.randn(1, D), torch.tensor([5]), table, 2000, log_q,
+                         generator=torch.Generator().manual_seed(0))
+    drawn = table.looked_up[-1]
+    assert set(drawn.tolist()) == {2, 5}
+    assert float((drawn == 5).float().mean()) == pytest.approx(0.75, abs=0.03)
+
+
+# ---------------------------------------------------------------- suppression
+
+def _np_mass(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    s = scores[:, 1:]
+    p = np.exp(s - np_logsumexp(s)[:, None])
+    return (p * mask[:, 1:]).sum(1)
+
+
+@pytest.mark.parametrize("mode", ["mass", "log_complement"])
+def test_suppression_value(mode):
+    gen = torch.Generator().manual_seed(4)
+    scores = torch.randn(3, N + 1, generator=gen, dtype=torch.float64)
+    mask = torch.rand(3, N + 1, generator=gen) < 0.3
+    mask[2] = False  # a row without a negative prompt is left out
+    mask[0, 0] = True  # the padding column never counts
+    mass = _np_mass(scores.numpy(), mask.numpy())[:2]
+    expected = mass.mean() if mode == "mass" else (-np.log1p(-mass)).mean()
+    assert suppression(scores, mask, mode=mode).item() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["mass", "log_complement"])
+def test_suppression_lowers_tagged_mass_under_sgd(mode):
+    torch.manual_seed(5)
+    table = PlainItemTable(N, D)
+    u = torch.randn(4, D, requires_grad=True)
+    mask = torch.zeros(4, N + 1, dtype=torch.bool)
+    mask[:, 1:11] = True  # items 1..10 carry the suppressed tag
+    opt = torch.optim.SGD([u, *table.parameters()], lr=2.0)
+
+    def tagged_mass() -> float:
+        with torch.no_grad():
+            return float(_np_mass(table.score_all(u).double().numpy(), mask.numpy()).mean())
+
+    before = tagged_mass()
+    for _ in range(30):
+        opt.zero_grad()
+        suppression(table.score_all(u), mask, mode=mode).backward()
+        opt.step()
+    assert tagged_mass() < 0.25 * before
+
+
+def test_suppression_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="suppression mode 'hinge'; allowed: log_complement, mass"):
+        suppression(torch.zeros(1, 3), torch.ones(1, 3, dtype=torch.bool), mode="hinge")
+
+
+# ---------------------------------------------------------------- align and router
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_align_infonce_value(similarity):
+    gen = torch.Generator().manual_seed(6)
+    z = torch.randn(5, D, generator=gen, dtype=torch.float64)
+    centroids = torch.randn(4, D, generator=gen, dtype=torch.float64)
+    tags = torch.tensor([0, 3, -1, 2, 2])
+    loss = align_infonce(z, tags, centroids, temperature=0.2, similarity=similarity)
+    zn, cn = z.numpy(), centroids.numpy()
+    if similarity == "cosine":
+        zn = zn / np.linalg.norm(zn, axis=1, keepdims=True)
+        cn = cn / np.linalg.norm(cn, axis=1, keepdims=True)
+    keep = tags.numpy() >= 0
+    assert loss.item() == pytest.approx(np_ce((zn @ cn.T / 0.2)[keep], tags.numpy()[keep]), rel=1e-10)
+
+
+def test_router_polarity_loss_counts_only_labelled_clauses():
+    logits = torch.tensor([[[2.0, -1.0], [0.5, 0.5], [9.0, 9.0]], [[-3.0, 1.0], [1.0, 2.0], [0.0, 4.0]]],
+                          dtype=torch.float64)
+    polarity = torch.tensor([[1, -1, 0], [-1, 2, 1]])  # 0 = no clause, 2 = unlabelled: ignored
+    rows = np.array([[2.0, -1.0], [0.5, 0.5], [-3.0, 1.0], [0.0, 4.0]])
+    groups = np.array([0, 1, 1, 0])  # +1 -> group 0 (positive), -1 -> group 1 (negative)
+    assert router_polarity_loss(logits, polarity).item() == pytest.approx(np_ce(rows, groups), rel=1e-12)
+    assert router_polarity_loss(logits, torch.zeros(2, 3, dtype=torch.long)).item() == 0.0
