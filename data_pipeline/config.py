@@ -45,6 +45,9 @@ class EncoderConfig:
     cpus_per_actor: float = 0.5     # fractional: two actors with num_cpus=1 deadlock a 2-CPU cluster
     max_prompt_chars: int = 512
     dim: int = 384                  # "hash" only; "minilm" is always 384
+    # Also encode every item's text and every tag name (inputs of the text-rerank baseline). Off for
+    # huge synthetic catalogues: ~400 texts/s would take hours for 10M items.
+    encode_item_texts: bool = True
 
 
 @dataclass

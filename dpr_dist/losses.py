@@ -100,6 +100,39 @@ def suppression(scores: Tensor, tag_mask: Tensor, mode: str = "log_complement") 
     return _mean_or_zero(log_total - log_untagged, scores)
 
 
+def promotion(scores: Tensor, tag_mask: Tensor) -> Tensor:
+    """-log of the softmax mass on items carrying the tag a positive prompt asks for (ours; off by
+    default). The mirror of :func:`suppression`: it teaches the steered vector to put the catalogue's
+    mass on the requested tag, which next-item CE alone does only through one target per case.
+    scores [B, N+1], tag_mask Bool [B, N+1]; rows with an empty mask are left out of the mean."""
+    tag_mask = tag_mask.index_fill(-1, torch.tensor([PAD_ID], device=tag_mask.device), False)
+    rows = tag_mask.any(dim=-1)
+    scores, tag_mask = _mask_padding_column(scores)[rows], tag_mask[rows]
+    log_tagged = torch.logsumexp(scores.masked_fill(~tag_mask, float("-inf")), dim=-1)
+    return _mean_or_zero(torch.logsumexp(scores, dim=-1) - log_tagged, scores)
+
+
+def item_tag_infonce(item_emb: Tensor, item_tags: Tensor, temperature: float = 0.1) -> Tensor:
+    """Pull items towards the centroids of their own tags, away from other tags' centroids (ours).
+
+    item_emb [M, d] (the distinct items of a batch), item_tags Bool [M, T]. Centroids are the mean
+    embedding of the batch's items per tag (not detached), so the loss shapes the table's geometry
+    without any extra parameters; a multi-tag item spreads its target evenly over its tags.
+    Untagged items and tags absent from the batch are left out.
+    """
+    tags = item_tags.to(item_emb.dtype)
+    present = tags.sum(0) > 0
+    tagged = tags.sum(1) > 0
+    if not bool(present.any()) or not bool(tagged.any()):
+        return item_emb.sum() * 0.0
+    tags = tags[tagged][:, present]
+    emb = item_emb[tagged]
+    centroids = (tags.T @ emb) / tags.sum(0).unsqueeze(1)
+    logits = F.normalize(emb, dim=-1) @ F.normalize(centroids, dim=-1).T / temperature
+    target = tags / tags.sum(1, keepdim=True)
+    return -(target * F.log_softmax(logits, dim=-1)).sum(1).mean()
+
+
 def align_infonce(
     z: Tensor, tag_ids: Tensor, tag_centroids: Tensor, temperature: float = 0.1, similarity: str = "cosine"
 ) -> Tensor:

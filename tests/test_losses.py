@@ -194,3 +194,19 @@ def test_router_polarity_loss_counts_only_labelled_clauses():
     groups = np.array([0, 1, 1, 0])  # +1 -> group 0 (positive), -1 -> group 1 (negative)
     assert router_polarity_loss(logits, polarity).item() == pytest.approx(np_ce(rows, groups), rel=1e-12)
     assert router_polarity_loss(logits, torch.zeros(2, 3, dtype=torch.long)).item() == 0.0
+
+
+def test_promotion_is_minus_log_mass_on_requested_tag_independently_computed():
+    import math
+
+    from dpr_dist.losses import promotion
+
+    scores = torch.tensor([[9.0, 1.0, 2.0, 0.5, -1.0], [0.0, 0.3, 0.3, 2.0, 1.0]])
+    mask = torch.tensor([[True, True, False, True, False], [False, False, False, False, False]])
+    # column 0 is padding: never part of the softmax, even when the mask marks it
+    row = [1.0, 2.0, 0.5, -1.0]
+    mass = (math.exp(1.0) + math.exp(0.5)) / sum(math.exp(v) for v in row)
+    assert promotion(scores, mask).item() == pytest.approx(-math.log(mass), rel=1e-6)  # row 2 has no tag: left out
+    grad_scores = scores.clone().requires_grad_(True)
+    promotion(grad_scores, mask).backward()
+    assert grad_scores.grad[0, 1] < 0 and grad_scores.grad[0, 2] > 0  # tagged up, untagged down

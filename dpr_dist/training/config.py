@@ -29,7 +29,10 @@ class StageConfig:
     # steer stage: weight of each task in the mix and of the extra terms
     suppression_weight: float = 1.0
     router_weight: float = 0.1
-    temperature: float = 0.1      # align stage InfoNCE
+    # warm-up: weight of the item-tag InfoNCE (ours, beyond DPR_SPEC; 0 = the spec's plain warm-up)
+    tag_weight: float = 0.0
+    promotion_weight: float = 0.0  # ours, beyond DPR_SPEC: -log mass on the requested tag (positive cases)
+    temperature: float = 0.1      # InfoNCE temperature (align stage; warm-up item-tag term)
 
 
 def _warmup() -> StageConfig:

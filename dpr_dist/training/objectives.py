@@ -44,12 +44,22 @@ def _next_item_loss(model, states: Tensor, targets: Tensor, stage: StageConfig, 
 
 
 def warmup_loss(model, batch: dict, stage: StageConfig, ctx: Context) -> tuple[Tensor, dict]:
-    """Next-item loss at every position of the training sequences (no prompts)."""
+    """Next-item loss at every position of the training sequences (no prompts); optionally
+    (``tag_weight`` > 0, ours) an item-tag InfoNCE that lays the tags out in the item table, so the
+    steer stage can move the user vector towards a tag through the same table it scores with."""
     H, _ = model.encode_history(batch["hist"])
     labels = batch["labels"]
     keep = labels > 0
     loss = _next_item_loss(model, H[keep], labels[keep], stage, ctx)
-    return loss, {"loss": loss.item(), "positions": int(keep.sum())}
+    logs = {"next_item": loss.item(), "positions": int(keep.sum())}
+    if stage.tag_weight:
+        items = torch.unique(torch.cat([batch["hist"].flatten(), labels.flatten()]))
+        items = items[items > 0]
+        tag_loss = losses.item_tag_infonce(model.item_table.lookup(items), ctx.item_tag[items], stage.temperature)
+        loss = loss + stage.tag_weight * tag_loss
+        logs["item_tags"] = tag_loss.item()
+    logs["loss"] = loss.item()
+    return loss, logs
 
 
 def align_loss(model, batch: dict, stage: StageConfig, ctx: Context) -> tuple[Tensor, dict]:
@@ -61,7 +71,8 @@ def align_loss(model, batch: dict, stage: StageConfig, ctx: Context) -> tuple[Te
 
 
 def steer_loss(model, batch: dict, stage: StageConfig, ctx: Context) -> tuple[Tensor, dict]:
-    """Next-item CE under the prompt, + suppression of the excluded tag, + the router's polarity loss."""
+    """Next-item CE under the prompt, + suppression of the excluded tag, (+ promotion of the
+    requested tag, optional), + the router's polarity loss."""
     clause_emb, polarity = clause_inputs(batch["pos_prompt"], batch["neg_prompt"], ctx.prompt_emb)
     out = model(batch["hist"], clause_emb, polarity)
     scores = model.item_table.score_all(out.u)
@@ -74,6 +85,12 @@ def steer_loss(model, batch: dict, stage: StageConfig, ctx: Context) -> tuple[Te
         sup = losses.suppression(scores[negative], tag_mask)
         loss = loss + stage.suppression_weight * sup
         logs["suppression"] = sup.item()
+    positive = batch["pos_tag"] >= 0
+    if stage.promotion_weight and positive.any():
+        tag_mask = ctx.item_tag[:, batch["pos_tag"][positive]].T  # [b, N+1]
+        promo = losses.promotion(scores[positive], tag_mask)
+        loss = loss + stage.promotion_weight * promo
+        logs["promotion"] = promo.item()
     if stage.router_weight and out.router_logits is not None:
         rl = losses.router_polarity_loss(out.router_logits, polarity)
         loss = loss + stage.router_weight * rl

@@ -94,8 +94,8 @@ def _validator(stage: str, cfg: TrainConfig, prepared: Prepared, ctx: Context, e
             for name, part in (("held_out", positive[positive["held_out"]]), ("seen", positive[~positive["held_out"]])):
                 if not len(part):
                     continue
-                ids = torch.as_tensor(part["prompt_id"].to_numpy())
-                tags = torch.as_tensor(part["tag"].map(tag_index).to_numpy())
+                ids = torch.as_tensor(part["prompt_id"].to_numpy().copy())
+                tags = torch.as_tensor(part["tag"].map(tag_index).to_numpy().copy())
                 z = model.projection(ctx.prompt_emb[ids])
                 out[f"{name}/infonce"] = float(losses.align_infonce(z, tags, centroids, st.temperature))
                 sims = torch.nn.functional.normalize(z, dim=-1) @ torch.nn.functional.normalize(centroids, dim=-1).T

