@@ -29,6 +29,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        # mkstemp creates 0600; a data set or checkpoint must be readable by the cluster's other users.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
