@@ -210,3 +210,38 @@ def test_promotion_is_minus_log_mass_on_requested_tag_independently_computed():
     grad_scores = scores.clone().requires_grad_(True)
     promotion(grad_scores, mask).backward()
     assert grad_scores.grad[0, 1] < 0 and grad_scores.grad[0, 2] > 0  # tagged up, untagged down
+
+
+def test_item_tag_infonce_matches_an_independent_computation_and_separates_tags():
+    import math
+
+    from dpr_dist.losses import item_tag_infonce
+
+    emb = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [3.0, 4.0]])
+    tags = torch.tensor([[True, False], [True, True], [False, True], [False, False]])  # item 3 untagged
+    # independent: centroids over tagged items, cosine / 0.1, target spread evenly over an item's tags
+    c0 = [(1.0 + 0.8) / 2, (0.0 + 0.6) / 2]
+    c1 = [(0.8 + 0.0) / 2, (0.6 + 1.0) / 2]
+
+    def cos(a, b):
+        return (a[0] * b[0] + a[1] * b[1]) / math.hypot(*a) / math.hypot(*b)
+
+    total = 0.0
+    for e, t in (([1.0, 0.0], [1, 0]), ([0.8, 0.6], [0.5, 0.5]), ([0.0, 1.0], [0, 1])):
+        logits = [cos(e, c0) / 0.1, cos(e, c1) / 0.1]
+        lse = math.log(sum(math.exp(v) for v in logits))
+        total += -sum(w * (v - lse) for w, v in zip(t, logits))
+    assert item_tag_infonce(emb, tags, 0.1).item() == pytest.approx(total / 3, rel=1e-5)
+
+    # a few SGD steps pull items of different tags apart
+    x = torch.randn(20, 8, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    labels = torch.zeros(20, 2, dtype=torch.bool)
+    labels[:10, 0] = True
+    labels[10:, 1] = True
+    before = item_tag_infonce(x, labels).item()
+    opt = torch.optim.SGD([x], lr=0.5)
+    for _ in range(20):
+        opt.zero_grad()
+        item_tag_infonce(x, labels).backward()
+        opt.step()
+    assert item_tag_infonce(x, labels).item() < 0.5 * before
