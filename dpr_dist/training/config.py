@@ -32,6 +32,8 @@ class StageConfig:
     # warm-up: weight of the item-tag InfoNCE (ours, beyond DPR_SPEC; 0 = the spec's plain warm-up)
     tag_weight: float = 0.0
     promotion_weight: float = 0.0  # ours, beyond DPR_SPEC: -log mass on the requested tag (positive cases)
+    # steer: std of Gaussian noise added to prompt embeddings (then renormalised); ours, 0 = off
+    prompt_noise: float = 0.0
     temperature: float = 0.1      # InfoNCE temperature (align stage; warm-up item-tag term)
 
 

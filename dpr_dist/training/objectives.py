@@ -74,6 +74,12 @@ def steer_loss(model, batch: dict, stage: StageConfig, ctx: Context) -> tuple[Te
     """Next-item CE under the prompt, + suppression of the excluded tag, (+ promotion of the
     requested tag, optional), + the router's polarity loss."""
     clause_emb, polarity = clause_inputs(batch["pos_prompt"], batch["neg_prompt"], ctx.prompt_emb)
+    if stage.prompt_noise:
+        # Training sees ~10 phrasings per polarity; jittering their embeddings on the unit sphere
+        # keeps router and experts from keying on the exact training sentences (held-out wording).
+        noise = torch.randn(clause_emb.shape, generator=ctx.generator).to(clause_emb)
+        jittered = torch.nn.functional.normalize(clause_emb + stage.prompt_noise * noise, dim=-1)
+        clause_emb = torch.where((polarity != 0).unsqueeze(-1), jittered, clause_emb)
     out = model(batch["hist"], clause_emb, polarity)
     scores = model.item_table.score_all(out.u)
     ce = losses.full_softmax_ce(scores, batch["target"])

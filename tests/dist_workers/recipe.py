@@ -1,0 +1,84 @@
+"""Deterministic inputs shared by the distributed workers and the in-process reference of the tests.
+
+A "global batch" of step t is the concatenation of the ranks' slices batch(t, 0..WORLD-1). The loss
+of a step is the sampled softmax with logQ correction (dpr_dist.losses) where the user vector reads
+the table too (mean of the history embeddings), so one step looks the table up three times:
+history, positives and negatives -- with padding ids, duplicates and ids shared between lookups.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dpr_dist.distributed.init_weights import initial_weight
+from dpr_dist.losses import sampled_softmax_logq
+
+NUM_ITEMS = 400
+DIM = 16
+WIDE_DIM = 256  # for column-wise sharding
+WORLD = 2
+LOCAL_BATCH = 4
+HISTORY = 6
+NEGATIVES = 24
+LR = 0.05
+EPS = 1e-8
+SEED = 7
+STEPS = 3
+
+
+@dataclass
+class Batch:
+    history: Tensor   # [B, L], 0 = padding
+    positives: Tensor  # [B], 0 = padding (ignored by the loss)
+    negatives: Tensor  # [NEGATIVES]
+    user: Tensor      # [B, d], the dense part of the user vector
+
+
+def init_weight() -> Tensor:
+    return initial_weight(NUM_ITEMS + 1, DIM, SEED)
+
+
+def item_log_q() -> Tensor:
+    return torch.full((NUM_ITEMS + 1,), -math.log(NUM_ITEMS))
+
+
+def batch(step: int, rank: int) -> Batch:
+    g = torch.Generator().manual_seed(10_000 + 100 * step + rank)
+    history = torch.randint(1, NUM_ITEMS + 1, (LOCAL_BATCH, HISTORY), generator=g)
+    history[:, :2] = torch.randint(1, 6, (LOCAL_BATCH, 2), generator=g)  # popular ids: duplicates across ranks
+    history[0, : 1 + rank] = 0                                           # left padding, unequal per rank
+    positives = torch.randint(1, NUM_ITEMS + 1, (LOCAL_BATCH,), generator=g)
+    positives[1] = history[1, 0]                                         # an id in two lookups
+    if rank == 1:
+        positives[3] = 0                                                 # a padded target on one rank only
+    negatives = torch.randint(1, NUM_ITEMS + 1, (NEGATIVES,), generator=g)
+    negatives[:2] = torch.tensor([1, 2])
+    user = torch.randn(LOCAL_BATCH, DIM, generator=g)
+    return Batch(history, positives, negatives, user)
+
+
+def loss(table, b: Batch, user_param: Tensor | None = None) -> Tensor:
+    """``user_param`` (a leaf requiring grad) replaces ``b.user`` where a dense gradient is wanted."""
+    user = b.user if user_param is None else user_param
+    u = user + table.lookup(b.history).mean(1)
+    return sampled_softmax_logq(u, b.positives, table, NEGATIVES, item_log_q(), negative_ids=b.negatives)
+
+
+def queries() -> Tensor:
+    return torch.randn(5, DIM, generator=torch.Generator().manual_seed(99))
+
+
+def query_history() -> Tensor:
+    g = torch.Generator().manual_seed(98)
+    h = torch.randint(1, NUM_ITEMS + 1, (5, 8), generator=g)
+    h[0, :3] = 0
+    return h
+
+
+def tag_weights() -> Tensor:
+    """[3, N+1] 0/1 item-tag matrix, as used for tag centroids."""
+    return (torch.rand(3, NUM_ITEMS + 1, generator=torch.Generator().manual_seed(97)) < 0.3).float()
