@@ -1,47 +1,75 @@
 """Training losses of the three stages (DPR_SPEC.md "Training stages").
 
-Column / id 0 is the padding item everywhere: it is never a target and never a candidate.
+Every loss returns a :class:`Term` (sum over its rows and their number), so the trainer can normalise
+by the global batch on any number of ranks. Id 0 is the padding item everywhere: never a target,
+never a candidate.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dpr_dist.modules.catalogue import ALL, TAGGED, UNTAGGED
 from dpr_dist.modules.item_table import PAD_ID, ItemTable
 from dpr_dist.modules.routing import NEGATIVE, NEGATIVE_GROUP, POSITIVE, POSITIVE_GROUP
 
 SUPPRESSION_MODES = ("log_complement", "mass")
 
 
-def _mask_padding_column(scores: Tensor) -> Tensor:
-    return scores.index_fill(-1, torch.tensor([PAD_ID], device=scores.device), float("-inf"))
+@dataclass
+class Term:
+    """A loss term as the sum over the rows it covers and their number.
 
-
-def _mean_or_zero(values: Tensor, like: Tensor) -> Tensor:
-    # A batch with nothing to average still returns a loss attached to the graph, so backward()
-    # and distributed gradient reduction see the same parameters every step.
-    return values.mean() if values.numel() else like.sum() * 0.0
-
-
-def full_softmax_ce(scores: Tensor, targets: Tensor) -> Tensor:
-    """Cross-entropy over the whole catalogue.
-
-    scores [..., N+1] (e.g. [B, N+1] or per position [B, L, N+1]), targets LongTensor [...] with
-    0 = padding (ignored). The padding column is excluded from the softmax. Mean over real targets.
+    The trainer divides by the number of rows in the GLOBAL batch (summed over ranks), so a term
+    whose rows are spread unevenly over the ranks (real positions, negative prompts) is still the
+    mean over the global batch, exactly as on one process. ``mean()`` is that value on one process.
     """
-    flat = scores.reshape(-1, scores.shape[-1])
-    flat_targets = targets.reshape(-1)
-    # logsumexp over the columns 1..N view instead of a masked copy of the (large) score matrix.
-    per_row = torch.logsumexp(flat[:, PAD_ID + 1 :], dim=1) - flat.gather(1, flat_targets.unsqueeze(1)).squeeze(1)
-    return _mean_or_zero(per_row[flat_targets != PAD_ID], scores)
+
+    total: Tensor  # scalar, attached to the graph
+    count: Tensor  # float64 scalar, no gradient
+
+    def mean(self) -> Tensor:
+        return self.total / self.count.clamp(min=1.0)
+
+
+def _term(per_row: Tensor, like: Tensor) -> Term:
+    # A batch with no rows still returns a loss attached to the graph, so backward() and the
+    # distributed gradient reduction see the same parameters at every step.
+    count = torch.tensor(float(per_row.numel()), dtype=torch.float64)
+    return Term(per_row.sum() if per_row.numel() else like.sum() * 0.0, count)
+
+
+def target_logits(item_table: ItemTable, u: Tensor, targets: Tensor) -> Tensor:
+    """u . e_target per row, the target's embedding read through the table (sharded or not)."""
+    return (u * item_table.lookup(targets)).sum(-1)
+
+
+def full_softmax_ce(item_table: ItemTable, u: Tensor, targets: Tensor) -> Term:
+    """Cross-entropy over the whole catalogue (padding excluded from the softmax).
+
+    u [..., d], targets [...] with 0 = padding (ignored). The normaliser comes from
+    ``item_table.catalogue_logsumexp``, which never builds the [rows, N+1] score matrix.
+    """
+    u = u.reshape(-1, u.shape[-1])
+    targets = targets.reshape(-1)
+    keep = targets != PAD_ID
+    u, targets = u[keep], targets[keep]
+    return softmax_ce(item_table.catalogue_logsumexp(u), target_logits(item_table, u, targets))
+
+
+def softmax_ce(lse: Tensor, target_logit: Tensor) -> Term:
+    """CE from the catalogue normaliser: lse [1 or 3, B] (row ALL is used), target_logit [B]."""
+    return _term(lse[ALL] - target_logit, target_logit)
 
 
 def sample_negatives(item_log_q: Tensor, num_negatives: int, generator: torch.Generator | None) -> Tensor:
     """num_negatives ids drawn with replacement from q (shared by the whole batch)."""
-    probs = item_log_q.exp().index_fill(0, torch.tensor([PAD_ID]), 0.0)
-    return torch.multinomial(probs, num_negatives, replacement=True, generator=generator)
+    probs = item_log_q.exp().index_fill(0, torch.tensor([PAD_ID], device=item_log_q.device), 0.0)
+    return torch.multinomial(probs.cpu(), num_negatives, replacement=True, generator=generator).to(item_log_q.device)
 
 
 def sampled_softmax_logq(
@@ -52,7 +80,7 @@ def sampled_softmax_logq(
     item_log_q: Tensor,
     generator: torch.Generator | None = None,
     negative_ids: Tensor | None = None,
-) -> Tensor:
+) -> Term:
     """Sampled softmax with logQ correction (Jean et al. 2015; Yi et al. 2019).
 
     u [..., d] user vectors, pos_ids [...] (0 = padding, ignored), item_log_q [N+1] the log
@@ -62,6 +90,7 @@ def sampled_softmax_logq(
     ``u . e_i - log q_i``, which makes the sampled softmax an unbiased estimate of the full one; a
     negative equal to the row's positive (accidental hit) is masked out. Embeddings are read only
     through ``item_table.lookup``, so a sharded table serves them and only those rows get gradient.
+    Every rank draws with the same generator state, so the ranks share the negatives of the global batch.
     """
     dim = u.shape[-1]
     u = u.reshape(-1, dim)
@@ -75,67 +104,59 @@ def sampled_softmax_logq(
     neg_logits = u @ item_table.lookup(negative_ids).T - item_log_q[negative_ids]
     neg_logits = neg_logits.masked_fill(negative_ids.unsqueeze(0) == pos.unsqueeze(1), float("-inf"))
     logits = torch.cat([pos_logit, neg_logits], dim=1)
-    return _mean_or_zero(torch.logsumexp(logits, dim=1) - logits[:, 0], u)
+    return _term(torch.logsumexp(logits, dim=1) - logits[:, 0], u)
 
 
-def suppression(scores: Tensor, tag_mask: Tensor, mode: str = "log_complement") -> Tensor:
-    """Penalise the softmax mass on items carrying a suppressed tag.
+def suppression(lse: Tensor, tag_ids: Tensor, mode: str = "log_complement") -> Term:
+    """Penalise the softmax mass on the items carrying the tag a row suppresses.
 
-    scores [B, N+1], tag_mask Bool [B, N+1] (True = item carries the tag this row suppresses).
-    mode "log_complement" (default): -log(1 - mass), computed in log space as
-    logsumexp(all) - logsumexp(untagged), which keeps a strong gradient while most of the mass is
-    still on tagged items, where "mass" (the plain mean mass) saturates. Rows whose mask is empty
-    (no negative prompt) are left out of the mean.
+    lse [3, B] from ``item_table.catalogue_logsumexp(u, item_tag, tag_ids)``; rows with tag -1 (no
+    negative prompt) are left out. mode "log_complement" (default): -log(1 - mass) =
+    lse(all) - lse(untagged), which keeps a strong gradient while most of the mass is still on
+    tagged items, where "mass" (the plain mass) saturates.
     """
     if mode not in SUPPRESSION_MODES:
         raise ValueError(f"suppression mode {mode!r}; allowed: {', '.join(SUPPRESSION_MODES)}")
-    tag_mask = tag_mask.index_fill(-1, torch.tensor([PAD_ID], device=tag_mask.device), False)
-    rows = tag_mask.any(dim=-1)
-    scores, tag_mask = _mask_padding_column(scores)[rows], tag_mask[rows]
-    log_total = torch.logsumexp(scores, dim=-1)
+    rows = tag_ids >= 0
     if mode == "mass":
-        mass = torch.exp(torch.logsumexp(scores.masked_fill(~tag_mask, float("-inf")), dim=-1) - log_total)
-        return _mean_or_zero(mass, scores)
-    log_untagged = torch.logsumexp(scores.masked_fill(tag_mask, float("-inf")), dim=-1)
-    return _mean_or_zero(log_total - log_untagged, scores)
+        return _term(torch.exp(lse[TAGGED, rows] - lse[ALL, rows]), lse)
+    return _term(lse[ALL, rows] - lse[UNTAGGED, rows], lse)
 
 
-def promotion(scores: Tensor, tag_mask: Tensor) -> Tensor:
+def promotion(lse: Tensor, tag_ids: Tensor) -> Term:
     """-log of the softmax mass on items carrying the tag a positive prompt asks for (ours; off by
-    default). The mirror of :func:`suppression`: it teaches the steered vector to put the catalogue's
-    mass on the requested tag, which next-item CE alone does only through one target per case.
-    scores [B, N+1], tag_mask Bool [B, N+1]; rows with an empty mask are left out of the mean."""
-    tag_mask = tag_mask.index_fill(-1, torch.tensor([PAD_ID], device=tag_mask.device), False)
-    rows = tag_mask.any(dim=-1)
-    scores, tag_mask = _mask_padding_column(scores)[rows], tag_mask[rows]
-    log_tagged = torch.logsumexp(scores.masked_fill(~tag_mask, float("-inf")), dim=-1)
-    return _mean_or_zero(torch.logsumexp(scores, dim=-1) - log_tagged, scores)
+    default): lse(all) - lse(tagged). The mirror of :func:`suppression`: it teaches the steered vector
+    to put the catalogue's mass on the requested tag, which next-item CE alone does only through one
+    target per case. lse [3, B] as for suppression; rows with tag -1 are left out."""
+    rows = tag_ids >= 0
+    return _term(lse[ALL, rows] - lse[TAGGED, rows], lse)
 
 
-def item_tag_infonce(item_emb: Tensor, item_tags: Tensor, temperature: float = 0.1) -> Tensor:
+def item_tag_infonce(item_emb: Tensor, item_tags: Tensor, temperature: float = 0.1) -> Term:
     """Pull items towards the centroids of their own tags, away from other tags' centroids (ours).
 
     item_emb [M, d] (the distinct items of a batch), item_tags Bool [M, T]. Centroids are the mean
     embedding of the batch's items per tag (not detached), so the loss shapes the table's geometry
     without any extra parameters; a multi-tag item spreads its target evenly over its tags.
-    Untagged items and tags absent from the batch are left out.
+    Untagged items and tags absent from the batch are left out. On several ranks each rank uses the
+    centroids of its own slice of the batch (the term is then not identical to one process's).
     """
     tags = item_tags.to(item_emb.dtype)
     present = tags.sum(0) > 0
     tagged = tags.sum(1) > 0
     if not bool(present.any()) or not bool(tagged.any()):
-        return item_emb.sum() * 0.0
+        return _term(item_emb[:0, 0], item_emb)
     tags = tags[tagged][:, present]
     emb = item_emb[tagged]
     centroids = (tags.T @ emb) / tags.sum(0).unsqueeze(1)
     logits = F.normalize(emb, dim=-1) @ F.normalize(centroids, dim=-1).T / temperature
     target = tags / tags.sum(1, keepdim=True)
-    return -(target * F.log_softmax(logits, dim=-1)).sum(1).mean()
+    return _term(-(target * F.log_softmax(logits, dim=-1)).sum(1), item_emb)
 
 
 def align_infonce(
     z: Tensor, tag_ids: Tensor, tag_centroids: Tensor, temperature: float = 0.1, similarity: str = "cosine"
-) -> Tensor:
+) -> Term:
     """InfoNCE pulling each projected prompt z [B, d] onto its tag's centroid [T, d], with the other
     tags' centroids as negatives. tag_ids [B], -1 = ignored. similarity "cosine" (default; centroid
     norms vary with tag popularity) or "dot" (the retrieval space's own score)."""
@@ -146,16 +167,12 @@ def align_infonce(
     else:
         raise ValueError(f"align_infonce similarity {similarity!r}; allowed: cosine, dot")
     keep = tag_ids >= 0
-    if not bool(keep.any()):
-        return z.sum() * 0.0
-    return F.cross_entropy(logits[keep] / temperature, tag_ids[keep])
+    return _term(F.cross_entropy(logits[keep] / temperature, tag_ids[keep], reduction="none"), z)
 
 
-def router_polarity_loss(router_logits: Tensor, polarity: Tensor) -> Tensor:
+def router_polarity_loss(router_logits: Tensor, polarity: Tensor) -> Term:
     """Cross-entropy of the router's group logits [B, C, 2] against the clause labels [B, C];
     only clauses labelled +1 / -1 count (0 = no clause, 2 = unlabelled)."""
     labelled = (polarity == POSITIVE) | (polarity == NEGATIVE)
-    if not bool(labelled.any()):
-        return router_logits.sum() * 0.0
     target = torch.where(polarity == POSITIVE, POSITIVE_GROUP, NEGATIVE_GROUP)
-    return F.cross_entropy(router_logits[labelled], target[labelled])
+    return _term(F.cross_entropy(router_logits[labelled], target[labelled], reduction="none"), router_logits)

@@ -17,9 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 from dist_workers import recipe, runner
-from dpr_dist.distributed.init_weights import BLOCK_ROWS, initial_rows, initial_weight
-from dpr_dist.distributed.table_checkpoint import EXPORT_KEY, TableCheckpointError, verify_table_checkpoint
-from dpr_dist.distributed.topk import NO_ID, block_topk, exclude_ids, merge_topk
+from dpr_dist.modules.item_init import BLOCK_ROWS, initial_rows, initial_weight
+from dpr_dist.distributed.export import TABLE_KEY as EXPORT_KEY
+from dpr_dist.distributed.table_checkpoint import TableCheckpointError, verify_table_checkpoint
+from dpr_dist.modules.catalogue import NO_ID, block_topk, exclude_ids, merge_topk
 from dpr_dist.modules.item_table import PAD_ID, PlainItemTable
 from dpr_dist.optim.rowwise_adagrad import RowWiseAdagrad
 

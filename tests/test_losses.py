@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dpr_dist.losses import (
-    align_infonce, full_softmax_ce, router_polarity_loss, sampled_softmax_logq, suppression,
+    align_infonce, full_softmax_ce, promotion, router_polarity_loss, sampled_softmax_logq, suppression,
 )
 from dpr_dist.modules import PlainItemTable
 
@@ -40,24 +40,40 @@ class SpyTable(PlainItemTable):
         raise AssertionError("sampled softmax must not score the whole catalogue")
 
 
+def table_with(weight: torch.Tensor) -> PlainItemTable:
+    table = PlainItemTable(weight.shape[0] - 1, weight.shape[1])
+    with torch.no_grad():
+        table.embedding.weight.copy_(weight)
+    return table
+
+
+def random_table(seed: int, dtype=torch.float32) -> tuple[PlainItemTable, torch.Tensor]:
+    w = torch.randn(N + 1, D, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    w[0] = 0
+    return table_with(w.float()), w
+
+
 # ---------------------------------------------------------------- full softmax
 
 def test_full_softmax_ce_per_position_ignores_padding_and_the_padding_column():
-    gen = torch.Generator().manual_seed(0)
-    scores = torch.randn(3, 4, N + 1, generator=gen, dtype=torch.float64)
+    table, w = random_table(0)
+    u = torch.randn(3, 4, D, generator=torch.Generator().manual_seed(1))
     targets = torch.tensor([[0, 0, 5, 7], [1, 2, 3, 4], [0, 9, 0, 30]])
-    loss = full_softmax_ce(scores, targets)
-    s = scores.numpy().reshape(-1, N + 1)[:, 1:]  # independent: drop column 0 instead of masking it
+    term = full_softmax_ce(table, u, targets)
+    s = (u.reshape(-1, D).double() @ w.double().T).numpy()[:, 1:]  # independent: drop column 0
     t = targets.numpy().reshape(-1)
     keep = t != 0
-    assert loss.item() == pytest.approx(np_ce(s[keep], t[keep] - 1), rel=1e-12)
+    assert term.count.item() == keep.sum()
+    assert term.mean().item() == pytest.approx(np_ce(s[keep], t[keep] - 1), rel=1e-5)
 
 
 def test_full_softmax_ce_with_no_targets_is_zero_and_differentiable():
-    scores = torch.randn(2, N + 1, requires_grad=True)
-    loss = full_softmax_ce(scores, torch.zeros(2, dtype=torch.long))
-    loss.backward()
-    assert loss.item() == 0.0 and torch.equal(scores.grad, torch.zeros_like(scores))
+    table, _ = random_table(0)
+    u = torch.randn(2, D, requires_grad=True)
+    term = full_softmax_ce(table, u, torch.zeros(2, dtype=torch.long))
+    term.mean().backward()
+    assert term.mean().item() == 0.0 and term.count.item() == 0
+    assert torch.equal(u.grad, torch.zeros_like(u))
 
 
 # ---------------------------------------------------------------- sampled softmax
@@ -71,7 +87,7 @@ def test_sampled_softmax_matches_an_independent_logq_computation():
     q[0] = 0
     log_q = (q / q.sum()).log()
     negatives = torch.tensor([7, 1, 12, 12, 25])  # accidental hits for rows 1 and 3 (12 twice)
-    loss = sampled_softmax_logq(u, pos, table, 5, log_q, negative_ids=negatives)
+    loss = sampled_softmax_logq(u, pos, table, 5, log_q, negative_ids=negatives).mean()
 
     E = table.embedding.weight.detach().double().numpy()
     lq = log_q.double().numpy()
@@ -89,8 +105,8 @@ def test_sampled_softmax_with_all_items_and_uniform_q_equals_full_softmax():
     u = torch.randn(5, D, dtype=torch.float32)
     pos = torch.tensor([1, 4, 30, 17, 4])
     uniform = torch.full((N + 1,), float(np.log(1.0 / N)))
-    sampled = sampled_softmax_logq(u, pos, table, N, uniform, negative_ids=torch.arange(1, N + 1))
-    full = full_softmax_ce(table.score_all(u), pos)
+    sampled = sampled_softmax_logq(u, pos, table, N, uniform, negative_ids=torch.arange(1, N + 1)).mean()
+    full = full_softmax_ce(table, u, pos).mean()
     torch.testing.assert_close(sampled, full, rtol=1e-6, atol=1e-6)
 
 
@@ -100,14 +116,14 @@ def test_sampled_softmax_gradient_reaches_only_the_looked_up_rows():
     u = torch.randn(6, 3, D, requires_grad=True)  # per-position user states
     pos = torch.randint(0, N + 1, (6, 3), generator=torch.Generator().manual_seed(2))
     gen = torch.Generator().manual_seed(3)
-    loss = sampled_softmax_logq(u, pos, table, 4, log_q, generator=gen)
+    loss = sampled_softmax_logq(u, pos, table, 4, log_q, generator=gen).mean()
     loss.backward()
     used = torch.unique(torch.cat(table.looked_up))
     touched = torch.nonzero(table.embedding.weight.grad.abs().sum(1)).squeeze(1)
     assert set(touched.tolist()) <= set(used.tolist()) - {0}
     assert len(touched) > 0 and len(used) < N + 1
     # Same seed, same negatives, same loss.
-    again = sampled_softmax_logq(u, pos, table, 4, log_q, generator=torch.Generator().manual_seed(3))
+    again = sampled_softmax_logq(u, pos, table, 4, log_q, generator=torch.Generator().manual_seed(3)).mean()
     assert torch.equal(loss, again)
 
 
@@ -131,16 +147,24 @@ def _np_mass(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (p * mask[:, 1:]).sum(1)
 
 
+def random_tags(seed: int, tags: int = 3) -> torch.Tensor:
+    item_tag = torch.rand(N + 1, tags, generator=torch.Generator().manual_seed(seed)) < 0.3
+    item_tag[0] = True  # the padding row never counts, even when marked
+    return item_tag
+
+
 @pytest.mark.parametrize("mode", ["mass", "log_complement"])
 def test_suppression_value(mode):
-    gen = torch.Generator().manual_seed(4)
-    scores = torch.randn(3, N + 1, generator=gen, dtype=torch.float64)
-    mask = torch.rand(3, N + 1, generator=gen) < 0.3
-    mask[2] = False  # a row without a negative prompt is left out
-    mask[0, 0] = True  # the padding column never counts
-    mass = _np_mass(scores.numpy(), mask.numpy())[:2]
+    table, w = random_table(4)
+    u = torch.randn(3, D, generator=torch.Generator().manual_seed(5))
+    item_tag = random_tags(6)
+    tag_ids = torch.tensor([2, 0, -1])  # the last row has no negative prompt: left out
+    lse = table.catalogue_logsumexp(u, item_tag, tag_ids)
+    scores = (u.double() @ w.double().T).numpy()
+    mask = item_tag[:, tag_ids.clamp(min=0)].T.numpy()
+    mass = _np_mass(scores, mask)[:2]
     expected = mass.mean() if mode == "mass" else (-np.log1p(-mass)).mean()
-    assert suppression(scores, mask, mode=mode).item() == pytest.approx(expected, rel=1e-10)
+    assert suppression(lse, tag_ids, mode=mode).mean().item() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["mass", "log_complement"])
@@ -148,25 +172,26 @@ def test_suppression_lowers_tagged_mass_under_sgd(mode):
     torch.manual_seed(5)
     table = PlainItemTable(N, D)
     u = torch.randn(4, D, requires_grad=True)
-    mask = torch.zeros(4, N + 1, dtype=torch.bool)
-    mask[:, 1:11] = True  # items 1..10 carry the suppressed tag
+    item_tag = torch.zeros(N + 1, 1, dtype=torch.bool)
+    item_tag[1:11] = True  # items 1..10 carry the suppressed tag
+    tag_ids = torch.zeros(4, dtype=torch.long)
     opt = torch.optim.SGD([u, *table.parameters()], lr=2.0)
 
     def tagged_mass() -> float:
         with torch.no_grad():
-            return float(_np_mass(table.score_all(u).double().numpy(), mask.numpy()).mean())
+            return float(_np_mass(table.score_all(u).double().numpy(), item_tag[:, tag_ids].T.numpy()).mean())
 
     before = tagged_mass()
     for _ in range(30):
         opt.zero_grad()
-        suppression(table.score_all(u), mask, mode=mode).backward()
+        suppression(table.catalogue_logsumexp(u, item_tag, tag_ids), tag_ids, mode=mode).mean().backward()
         opt.step()
     assert tagged_mass() < 0.25 * before
 
 
 def test_suppression_rejects_unknown_mode():
     with pytest.raises(ValueError, match="suppression mode 'hinge'; allowed: log_complement, mass"):
-        suppression(torch.zeros(1, 3), torch.ones(1, 3, dtype=torch.bool), mode="hinge")
+        suppression(torch.zeros(3, 1), torch.zeros(1, dtype=torch.long), mode="hinge")
 
 
 # ---------------------------------------------------------------- align and router
@@ -177,7 +202,7 @@ def test_align_infonce_value(similarity):
     z = torch.randn(5, D, generator=gen, dtype=torch.float64)
     centroids = torch.randn(4, D, generator=gen, dtype=torch.float64)
     tags = torch.tensor([0, 3, -1, 2, 2])
-    loss = align_infonce(z, tags, centroids, temperature=0.2, similarity=similarity)
+    loss = align_infonce(z, tags, centroids, temperature=0.2, similarity=similarity).mean()
     zn, cn = z.numpy(), centroids.numpy()
     if similarity == "cosine":
         zn = zn / np.linalg.norm(zn, axis=1, keepdims=True)
@@ -192,24 +217,26 @@ def test_router_polarity_loss_counts_only_labelled_clauses():
     polarity = torch.tensor([[1, -1, 0], [-1, 2, 1]])  # 0 = no clause, 2 = unlabelled: ignored
     rows = np.array([[2.0, -1.0], [0.5, 0.5], [-3.0, 1.0], [0.0, 4.0]])
     groups = np.array([0, 1, 1, 0])  # +1 -> group 0 (positive), -1 -> group 1 (negative)
-    assert router_polarity_loss(logits, polarity).item() == pytest.approx(np_ce(rows, groups), rel=1e-12)
-    assert router_polarity_loss(logits, torch.zeros(2, 3, dtype=torch.long)).item() == 0.0
+    assert router_polarity_loss(logits, polarity).mean().item() == pytest.approx(np_ce(rows, groups), rel=1e-12)
+    assert router_polarity_loss(logits, torch.zeros(2, 3, dtype=torch.long)).mean().item() == 0.0
 
 
 def test_promotion_is_minus_log_mass_on_requested_tag_independently_computed():
     import math
 
-    from dpr_dist.losses import promotion
-
-    scores = torch.tensor([[9.0, 1.0, 2.0, 0.5, -1.0], [0.0, 0.3, 0.3, 2.0, 1.0]])
-    mask = torch.tensor([[True, True, False, True, False], [False, False, False, False, False]])
-    # column 0 is padding: never part of the softmax, even when the mask marks it
+    w = torch.tensor([[0.0], [1.0], [2.0], [0.5], [-1.0]])  # item i scores u * w[i]
+    table = table_with(w)
+    u = torch.tensor([[1.0], [1.0]], requires_grad=True)
+    item_tag = torch.tensor([[True], [True], [False], [True], [False]])  # padding row marked: ignored
+    tag_ids = torch.tensor([0, -1])  # row 2 has no positive tag: left out
+    term = promotion(table.catalogue_logsumexp(u, item_tag, tag_ids), tag_ids)
     row = [1.0, 2.0, 0.5, -1.0]
     mass = (math.exp(1.0) + math.exp(0.5)) / sum(math.exp(v) for v in row)
-    assert promotion(scores, mask).item() == pytest.approx(-math.log(mass), rel=1e-6)  # row 2 has no tag: left out
-    grad_scores = scores.clone().requires_grad_(True)
-    promotion(grad_scores, mask).backward()
-    assert grad_scores.grad[0, 1] < 0 and grad_scores.grad[0, 2] > 0  # tagged up, untagged down
+    assert term.count.item() == 1
+    assert term.mean().item() == pytest.approx(-math.log(mass), rel=1e-6)
+    term.mean().backward()
+    weight_grad = table.embedding.weight.grad[:, 0]
+    assert weight_grad[1] < 0 and weight_grad[2] > 0  # tagged up, untagged down (descent: w - lr * grad)
 
 
 def test_item_tag_infonce_matches_an_independent_computation_and_separates_tags():
@@ -231,17 +258,17 @@ def test_item_tag_infonce_matches_an_independent_computation_and_separates_tags(
         logits = [cos(e, c0) / 0.1, cos(e, c1) / 0.1]
         lse = math.log(sum(math.exp(v) for v in logits))
         total += -sum(w * (v - lse) for w, v in zip(t, logits))
-    assert item_tag_infonce(emb, tags, 0.1).item() == pytest.approx(total / 3, rel=1e-5)
+    assert item_tag_infonce(emb, tags, 0.1).mean().item() == pytest.approx(total / 3, rel=1e-5)
 
     # a few SGD steps pull items of different tags apart
     x = torch.randn(20, 8, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     labels = torch.zeros(20, 2, dtype=torch.bool)
     labels[:10, 0] = True
     labels[10:, 1] = True
-    before = item_tag_infonce(x, labels).item()
+    before = item_tag_infonce(x, labels).mean().item()
     opt = torch.optim.SGD([x], lr=0.5)
     for _ in range(20):
         opt.zero_grad()
-        item_tag_infonce(x, labels).backward()
+        item_tag_infonce(x, labels).mean().backward()
         opt.step()
-    assert item_tag_infonce(x, labels).item() < 0.5 * before
+    assert item_tag_infonce(x, labels).mean().item() < 0.5 * before

@@ -195,7 +195,14 @@ def test_padding_clause_contributes_exactly_nothing():
     t_padded = torch.cat([t[:, :1], torch.randn(3, 1, PROMPT_DIM), t[:, 1:]], dim=1)
     pol_padded = torch.tensor([[POSITIVE, NO_CLAUSE, NEGATIVE]] * 3)
     with torch.no_grad():
-        assert torch.equal(model.user_vectors(hist, t, pol), model.user_vectors(hist, t_padded, pol_padded))
+        plain = model.user_vectors(hist, t, pol)
+        padded = model.user_vectors(hist, t_padded, pol_padded)
+        # The same clause given a polarity would move u: the padding slot is really ignored.
+        active = model.user_vectors(hist, t_padded, torch.tensor([[POSITIVE, POSITIVE, NEGATIVE]] * 3))
+    # Not bit-exact: the experts' matmuls run on [B*3, d] instead of [B*2, d], and the BLAS kernel
+    # may round a row differently for another row count (seen: 1.2e-7).
+    torch.testing.assert_close(padded, plain, rtol=0, atol=1e-6)
+    assert (active - plain).abs().max() > 1e-2
 
 
 def _expert_grads(model: DPRModel, group: str) -> list[torch.Tensor | None]:
@@ -275,7 +282,7 @@ def test_warmup_path_learns_a_successor_rule(backbone):
     for _ in range(60):
         seq = batch(32)
         H, _ = model.encode_history(seq[:, :-1])
-        loss = full_softmax_ce(model.item_table.score_all(H), seq[:, 1:])
+        loss = full_softmax_ce(model.item_table, H, seq[:, 1:]).mean()
         table_opt.zero_grad()
         dense_opt.zero_grad()
         loss.backward()

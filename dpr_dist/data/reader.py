@@ -186,6 +186,11 @@ class ShardLoader:
             yield batch
         self.epoch, self.samples_consumed = self.epoch + 1, 0
 
+    def seek(self, epoch: int, samples_consumed: int = 0) -> None:
+        """Continue from sample ``samples_consumed`` of ``epoch`` on the next iteration."""
+        self.dataset.set_position(epoch, samples_consumed)
+        self.epoch, self.samples_consumed = epoch, samples_consumed
+
     def state_dict(self) -> dict:
         return {
             "epoch": self.epoch,

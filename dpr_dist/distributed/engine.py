@@ -77,7 +77,9 @@ def deepspeed_config(
 
 class DenseGroups(nn.Module):
     """Registers only the stage's trained dense groups (so DeepSpeed broadcasts, partitions and
-    optimises just those) while ``forward`` runs the whole model, sharded table included."""
+    optimises just those) while ``forward(fn, *args)`` runs ``fn(model, *args)`` on the whole
+    model, sharded table included: objectives call several of the model's methods, and ZeRO-3 must
+    see all of that inside the engine's forward."""
 
     def __init__(self, model: nn.Module, trained: list[str]) -> None:
         super().__init__()
@@ -88,8 +90,8 @@ class DenseGroups(nn.Module):
         self.groups = nn.ModuleDict({name: nn.ModuleList(groups[name]) for name in trained if name != "item_table"})
         object.__setattr__(self, "_model", model)  # not a submodule: the table must stay out of the engine
 
-    def forward(self, *args, **kwargs):
-        return self._model(*args, **kwargs)
+    def forward(self, fn, *args):
+        return fn(self._model, *args)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.groups.parameters() if p.requires_grad]
@@ -105,7 +107,7 @@ def build_dense_engine(
     """A DeepSpeed engine over the stage's trained dense groups, or None if the stage trains none.
 
     Needs ``env.init_distributed`` first and ``apply_freeze(model, stage.train)`` (requires_grad).
-    Use: ``out = engine(batch...)`` (the model's forward), ``engine.backward(loss)``, then
+    Use: ``out = engine(fn, *args)`` (runs ``fn(model, *args)``), ``engine.backward(loss)``, then
     ``table.apply_gradients()``, then ``engine.step()``."""
     import deepspeed
     import torch.distributed as dist

@@ -15,15 +15,18 @@ single-process loop calls its table optimizer's ``step()``) sends all of the mic
 gradients through ONE TorchRec forward/backward. Cost: one extra lookup all-to-all per step.
 ``deferred_update=False`` is the direct path, exact only when a step looks the table up once.
 
-TorchRec divides the table gradient by the world size: each rank's loss is the mean over its slice
-of the global batch, so the update equals the single-process update on the global batch when the
-slices are equal-sized (the mean of per-rank means).
+TorchRec divides the table gradient by the world size (the gradient of the mean of the ranks'
+losses, as DeepSpeed does for the dense part): the trainer scales each rank's loss so that this mean
+is the loss of the global batch.
 
-No rank materialises the table for ranking: :meth:`topk_all` scores each rank's shard and merges
-per-rank top-K. :meth:`full_weight` / :meth:`score_all` GATHER the table on every rank and are for
-small catalogues only (tests, evaluation of ML-sized data): above ``gather_limit_rows`` they raise.
-Scoring a gathered copy gives the table no gradient, so ``score_all`` refuses to run under autograd
-on a trainable table (a full-softmax loss would silently stop training the table).
+No rank materialises the table: the catalogue-wide methods of ItemTable (full-softmax normaliser,
+target ranks, top-k) gather the ranks' *queries* (small), score them against the local shard in
+chunks and combine per-rank partial results (log-sum-exp, max, sum, merged top-k). The full
+softmax is for a FROZEN table only: a shard's rows as a plain tensor have no path to the fused
+optimizer, so it is refused on a trainable table (the table would silently stop training).
+:meth:`full_weight` / :meth:`score_all` GATHER the table on every rank and are for small
+catalogues only (tests, evaluation baselines of ML-sized data): above ``gather_limit_rows`` they
+raise, and under autograd on a trainable table too.
 
 Padding row 0: ids 0 are never sent to TorchRec (their output is a constant zero), so row 0 gets
 no gradient and stays zero.
@@ -38,8 +41,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from dpr_dist.distributed.init_weights import BLOCK_ROWS, initial_rows
-from dpr_dist.distributed.topk import ExcludeFn, block_topk, empty_topk, merge_topk
+from dpr_dist.modules.catalogue import CHUNK_ROWS as SCORE_CHUNK_ROWS
+from dpr_dist.modules.catalogue import merge_topk, stack_logsumexp
+from dpr_dist.modules.item_init import BLOCK_ROWS, initial_rows
 from dpr_dist.modules.item_table import PAD_ID, ItemTable
 
 SHARDING_TYPES = ("row_wise", "table_wise", "column_wise")
@@ -47,7 +51,6 @@ OPTIMIZERS = ("rowwise_adagrad", "sgd")
 TABLE_NAME = "item"
 FEATURE_NAME = "item_id"
 DEFAULT_GATHER_LIMIT_ROWS = 262_144  # 64 MiB at d=64: ML-1M is 3,707 rows
-SCORE_CHUNK_ROWS = 65_536            # bounds the [B, chunk] score block of topk_all
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,14 @@ class ShardedItemTable(ItemTable):
     def dim(self) -> int:
         return self._dim
 
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def local_shards(self) -> list[LocalShard]:
+        """The shards this rank holds (views of the fused kernel's weights: writes go to the table)."""
+        return list(self._shards)
+
     def lookup(self, ids: Tensor) -> Tensor:
         """Collective (every rank calls it the same number of times). ids [...] -> [..., d]."""
         flat = ids.reshape(-1).to(self._device)
@@ -181,13 +192,12 @@ class ShardedItemTable(ItemTable):
             )
         return u @ self.full_weight().T
 
-    # ---- collectives for evaluation and centroids ----------------------------------------------
     def full_weight(self) -> Tensor:
         """The whole table on every rank (detached); refused above ``gather_limit_rows`` rows."""
         if self._num_rows > self.gather_limit_rows:
             raise RuntimeError(
                 f"ShardedItemTable.full_weight: {self._num_rows} rows exceed gather_limit_rows="
-                f"{self.gather_limit_rows}; use topk_all() for ranking and weighted_rows() for row sums"
+                f"{self.gather_limit_rows}; rank with topk()/target_ranks() and sum rows with weighted_rows()"
             )
         full = torch.zeros(self._num_rows, self._dim, device=self._device)
         for shard in self._shards:
@@ -197,57 +207,90 @@ class ShardedItemTable(ItemTable):
 
     def weighted_rows(self, weights: Tensor) -> Tensor:
         """weights [T, num_rows] (the same on every rank) -> weights @ E [T, d], computed shard-locally
-        (e.g. tag centroids) without gathering the table. Detached."""
+        (e.g. tag centroids) without gathering the table. Detached. Collective."""
         if weights.shape[-1] != self._num_rows:
             raise ValueError(f"weighted_rows: weights have {weights.shape[-1]} columns, the table {self._num_rows} rows")
-        weights = weights.to(self._device)
-        out = torch.zeros(weights.shape[0], self._dim, dtype=weights.dtype, device=self._device)
+        weights = weights.to(self._device, torch.float32)
+        out = torch.zeros(weights.shape[0], self._dim, device=self._device)
         for shard in self._shards:
             out[:, shard.col_start : shard.col_end] += weights[:, shard.row_start : shard.row_end] @ shard.tensor.detach()
         dist.all_reduce(out)
         return out
 
-    @torch.no_grad()
-    def topk_all(self, u: Tensor, k: int, exclude_fn: ExcludeFn | None = None) -> tuple[Tensor, Tensor]:
-        """Full-catalogue top-k (values [B, k], item ids [B, k]) for u [B, d], identical on every rank.
-
-        Collective: every rank passes the SAME u (the evaluation batch) and does 1/world of the
-        scoring work. The padding item is never returned; ``exclude_fn`` (see topk.exclude_ids)
-        masks e.g. history items. Fewer than k candidates -> trailing (-inf, -1) entries."""
-        u = u.detach().float().to(self._device)
-        if self._full_width:
-            values, ids = self._local_topk(u, k, exclude_fn)
-            gathered_v = [torch.empty_like(values) for _ in range(dist.get_world_size())]
-            gathered_i = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
-            dist.all_gather(gathered_v, values)
-            dist.all_gather(gathered_i, ids)
-            return merge_topk(torch.cat(gathered_v, 1), torch.cat(gathered_i, 1), k)
-        return self._column_sharded_topk(u, k, exclude_fn)
-
-    def _local_topk(self, u: Tensor, k: int, exclude_fn: ExcludeFn | None) -> tuple[Tensor, Tensor]:
-        values, ids = empty_topk(u.shape[0], k, device=u.device)
+    # ---- the hooks of ItemTable's catalogue-wide methods ----------------------------------------
+    def _row_blocks(self):
+        if not self._full_width:
+            raise NotImplementedError(
+                "the shard-local full softmax needs whole rows on each rank; column_wise sharding supports "
+                "lookups (sampled softmax), ranking and top-k: use row_wise or table_wise sharding"
+            )
+        if torch.is_grad_enabled() and not self.frozen:
+            # A shard's rows as a plain tensor have no path to the fused optimizer: a full softmax
+            # over them would silently stop training the table.
+            raise RuntimeError(
+                "ShardedItemTable: a full-catalogue softmax over a trainable sharded table would give the "
+                "table no gradient (its update is fused into TorchRec's backward): train the table with "
+                "the sampled-softmax loss (stage loss: sampled), or freeze it for this stage"
+            )
         for shard in self._shards:
-            for start in range(0, shard.tensor.shape[0], SCORE_CHUNK_ROWS):
-                block = shard.tensor[start : start + SCORE_CHUNK_ROWS]
-                v, i = block_topk(u @ block.T, shard.row_start + start, k, exclude_fn)
-                values, ids = merge_topk(torch.cat([values, v], 1), torch.cat([ids, i], 1), k)
-        return values, ids
+            yield shard.row_start, shard.tensor.detach()
 
-    def _column_sharded_topk(self, u: Tensor, k: int, exclude_fn: ExcludeFn | None) -> tuple[Tensor, Tensor]:
-        # Each rank holds some columns of the rows: sum the partial dot products chunk by chunk.
-        values, ids = empty_topk(u.shape[0], k, device=u.device)
-        for start in range(0, self._num_rows, SCORE_CHUNK_ROWS):
+    def _score_chunks(self, queries: Tensor):
+        if self._full_width:
+            for shard in self._shards:
+                for lo in range(0, shard.tensor.shape[0], SCORE_CHUNK_ROWS):
+                    yield shard.row_start + lo, queries @ shard.tensor[lo : lo + SCORE_CHUNK_ROWS].detach().T
+            return
+        # Column-wise: each rank holds some columns of every row. Every rank sums the partial dot
+        # products of every chunk (a collective), and chunk c is counted by rank c % world only, so
+        # that _combine(..., "sum") adds each chunk once.
+        rank, world = dist.get_rank(), dist.get_world_size()
+        for index, start in enumerate(range(0, self._num_rows, SCORE_CHUNK_ROWS)):
             end = min(start + SCORE_CHUNK_ROWS, self._num_rows)
-            partial = torch.zeros(u.shape[0], end - start, device=u.device)
+            partial = torch.zeros(queries.shape[0], end - start, device=queries.device)
             for shard in self._shards:
                 lo, hi = max(start, shard.row_start), min(end, shard.row_end)
                 if lo < hi:
-                    rows = shard.tensor[lo - shard.row_start : hi - shard.row_start]
-                    partial[:, lo - start : hi - start] += u[:, shard.col_start : shard.col_end] @ rows.T
+                    rows = shard.tensor[lo - shard.row_start : hi - shard.row_start].detach()
+                    partial[:, lo - start : hi - start] += queries[:, shard.col_start : shard.col_end] @ rows.T
             dist.all_reduce(partial)
-            v, i = block_topk(partial, start, k, exclude_fn)
-            values, ids = merge_topk(torch.cat([values, v], 1), torch.cat([ids, i], 1), k)
-        return values, ids
+            if index % world == rank:
+                yield start, partial
+
+    def _gather(self, x: Tensor) -> Tensor:
+        """all_gather along dim 0 in rank order, padded to the largest part (ranks may hold unequal
+        numbers of queries); differentiable (torch.distributed.nn: its backward sums every rank's
+        gradient for this rank's part)."""
+        from torch.distributed.nn.functional import all_gather
+
+        x = x.to(self._device)
+        sizes = torch.tensor([x.shape[0]], device=self._device)
+        all_sizes = [torch.zeros_like(sizes) for _ in range(dist.get_world_size())]
+        dist.all_gather(all_sizes, sizes)
+        self._gather_sizes = [int(s) for s in all_sizes]
+        longest = max(self._gather_sizes)
+        padded = torch.cat([x, x.new_zeros(longest - x.shape[0], *x.shape[1:])]) if longest > x.shape[0] else x
+        parts = all_gather(padded) if x.requires_grad else _all_gather_plain(padded)
+        return torch.cat([part[:size] for part, size in zip(parts, self._gather_sizes)])
+
+    def _local(self, x: Tensor) -> Tensor:
+        rank = dist.get_rank()
+        start = sum(self._gather_sizes[:rank])
+        return x[start : start + self._gather_sizes[rank]]
+
+    def _combine(self, x: Tensor, op: str) -> Tensor:
+        if op == "logsumexp":
+            from torch.distributed.nn.functional import all_gather
+
+            parts = all_gather(x.contiguous()) if x.requires_grad else _all_gather_plain(x.contiguous())
+            return stack_logsumexp(list(parts))
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return x
+
+    def _combine_topk(self, values: Tensor, ids: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        all_values, all_ids = _all_gather_plain(values), _all_gather_plain(ids)
+        return merge_topk(torch.cat(all_values, 1), torch.cat(all_ids, 1), k)
 
     # ---- optimizer and checkpoint state --------------------------------------------------------
     def set_learning_rate(self, lr: float) -> None:
@@ -321,11 +364,17 @@ def _build_sharded_collection(num_rows: int, dim: int, sharding: str, optimizer:
     )
 
 
+def _all_gather_plain(x: Tensor) -> list[Tensor]:
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return parts
+
+
 def _local_shards(sharded, dim: int) -> tuple[list[LocalShard], bool]:
     shards = [
         LocalShard(int(s.metadata.shard_offsets[0]), int(s.metadata.shard_offsets[1]), s.tensor)
         for s in sharded.local_shards()
     ]
-    # From the global metadata, so every rank takes the same branch in topk_all.
+    # From the global metadata, so every rank takes the same branch in the catalogue-wide methods.
     full_width = all(int(m.shard_sizes[1]) == dim for m in sharded.metadata().shards_metadata)
     return shards, full_width

@@ -1,5 +1,5 @@
 """Checkpoint of a ShardedItemTable (weights + fused-optimizer state) with torch.distributed.checkpoint,
-and the consolidated safetensors export the single-process loader reads.
+(the consolidated export for evaluation and serving is dpr_dist.distributed.export).
 
     <dir>/.metadata, <dir>/__*_*.distcp   written by DCP, one data file per rank
     <dir>/COMPLETE                        written last by rank 0: sha256 of every other file
@@ -18,15 +18,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from safetensors.torch import save_file
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
-from dpr_dist.common.atomic import atomic_path, sha256_file, write_json_atomic
+from dpr_dist.common.atomic import sha256_file, write_json_atomic
 from dpr_dist.distributed.env import barrier_or_fail
 from dpr_dist.distributed.sharded_table import ShardedItemTable
 
 COMPLETE = "COMPLETE"
-EXPORT_KEY = "item_table.embedding.weight"  # PlainItemTable's state_dict key
 
 
 class TableCheckpointError(RuntimeError):
@@ -85,18 +83,3 @@ def _require_keys(weights: dict, prefix: str, directory: Path) -> None:
     missing = sorted(f"{prefix}.{k}" for k in weights if f"{prefix}.{k}" not in saved)
     if missing:
         raise TableCheckpointError(f"{directory}: checkpoint lacks {missing}: not an item-table checkpoint?")
-
-
-def export_safetensors(table: ShardedItemTable, path: str | Path) -> Path | None:
-    """Collective. Rank 0 gathers the full table (the only place it is ever materialised) and writes it
-    as one tensor under PlainItemTable's key; returns the path on rank 0, None elsewhere."""
-    path = Path(path)
-    is_main = dist.get_rank() == 0
-    full = torch.empty(table.num_rows, table.dim) if is_main else None
-    table.weight_shards_tensor().gather(dst=0, out=full)
-    if not is_main:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file({EXPORT_KEY: full.contiguous()}, str(tmp))
-    return path

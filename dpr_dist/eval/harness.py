@@ -162,16 +162,3 @@ def evaluate_task(
             ))
     result.per_case = {m: metrics.concat_case_metrics(p) for m, p in parts.items() if p}
     return result
-
-
-def mean_ndcg10(model, prepared, split: str, tasks, inputs: EvalInputs, max_cases=None, methods=("dpr",)) -> dict[str, float]:
-    """Validation helper for early stopping: mean NDCG@10 of ``methods[0]`` per task."""
-    out = {}
-    for task in tasks:
-        res = evaluate_task(model, prepared, split, task, inputs, methods=list(methods), ks=(10,), max_cases=max_cases)
-        per = res.per_case.get(methods[0])
-        out[f"{task}/ndcg@10"] = float(np.mean(per["ndcg@10"])) if per is not None and len(per["ndcg@10"]) else 0.0
-        if per is not None and "violation@10" in per:
-            v = per["violation@10"]
-            out[f"{task}/violation@10"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-    return out

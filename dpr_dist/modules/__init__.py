@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from .backbones import BACKBONES, Backbone, build_backbone
 from .config import ModelConfig
 from .dpr import DPRModel, StreamOutput
@@ -9,9 +11,17 @@ from .item_table import ItemTable, PlainItemTable
 from .routing import NEGATIVE, NO_CLAUSE, POSITIVE, UNLABELLED
 
 
-def build_model(cfg: ModelConfig, num_items: int, sparse_table: bool = False) -> DPRModel:
-    """The single-process reference model: registry backbone + PlainItemTable."""
-    return DPRModel(build_backbone(cfg), PlainItemTable(num_items, cfg.hidden, sparse=sparse_table), cfg)
+def build_model(
+    cfg: ModelConfig, num_items: int, seed: int = 0, item_table: ItemTable | None = None, sparse_table: bool = False
+) -> DPRModel:
+    """A registry backbone and the steering modules around ``item_table`` (default: a PlainItemTable).
+
+    The table is built first: its rows are seeded on their own (dpr_dist.modules.item_init), and the
+    dense modules are then drawn from ``seed`` alone, so every rank and every kind of table starts
+    from the same weights."""
+    table = item_table if item_table is not None else PlainItemTable(num_items, cfg.hidden, sparse=sparse_table, seed=seed)
+    torch.manual_seed(seed)
+    return DPRModel(build_backbone(cfg), table, cfg)
 
 
 __all__ = [

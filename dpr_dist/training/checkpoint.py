@@ -38,6 +38,19 @@ def save_checkpoint(directory: str | Path, state: dict[str, torch.Tensor], confi
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     with atomic_path(directory / WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
+    return _finish(directory, config, metrics)
+
+
+def finalise_checkpoint(directory: str | Path, weights: str | Path, config: dict, metrics: dict) -> Path:
+    """Make a checkpoint of weights already written (a safetensors file, moved into place)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / COMPLETE).unlink(missing_ok=True)
+    Path(weights).replace(directory / WEIGHTS)
+    return _finish(directory, config, metrics)
+
+
+def _finish(directory: Path, config: dict, metrics: dict) -> Path:
     write_bytes_atomic(directory / CONFIG, yaml.safe_dump(config, sort_keys=False).encode())
     write_json_atomic(directory / METRICS, metrics)
     sums = {name: sha256_file(directory / name) for name in (WEIGHTS, CONFIG, METRICS)}

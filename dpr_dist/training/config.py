@@ -60,6 +60,31 @@ class EvalConfig:
     max_cases: int | None = None  # per task; None = every case
 
 
+DISTRIBUTED_MODES = ("auto", "on", "off")
+
+
+@dataclass
+class DistributedConfig:
+    """How ``launch/train.py`` runs on several processes (dpr_dist/distributed)."""
+
+    # "auto": distributed when a launcher (deepspeed, torchrun) set WORLD_SIZE, else the
+    # single-process reference path; "on": distributed even alone (a world of one: TorchRec table,
+    # DeepSpeed engine); "off": the reference path (refused under a launcher with several ranks).
+    mode: str = "auto"
+    sharding: str = "row_wise"            # row_wise | table_wise | column_wise (TorchRec)
+    table_optimizer: str = "rowwise_adagrad"  # fused in TorchRec's backward: rowwise_adagrad | sgd
+    zero_stage: int = 0                   # DeepSpeed ZeRO stage for the dense modules, 0-3
+    # > 1 makes the table (updated at every micro-batch) step more often than the dense part: see
+    # dpr_dist/distributed/engine.py; refused unless allow_accumulation is set.
+    gradient_accumulation_steps: int = 1
+    allow_accumulation: bool = False
+    timeout_minutes: float = 5.0          # every collective; a dead rank fails the others this fast
+
+    def __post_init__(self) -> None:
+        if self.mode not in DISTRIBUTED_MODES:
+            raise ValueError(f"distributed.mode={self.mode!r}; allowed: {', '.join(DISTRIBUTED_MODES)}")
+
+
 @dataclass
 class TrainConfig:
     data_dir: str = "data/ml-100k"
@@ -67,6 +92,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"           # "cuda" on GPU machines
     threads: int = 0              # torch intra-op threads; 0 = leave torch's default
+    checkpoint_every_steps: int = 200  # resumable training state (also at every epoch end); 0 = epoch ends only
+    log_every_steps: int = 50     # rank 0: steps.jsonl and TensorBoard
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     warmup: StageConfig = field(default_factory=_warmup)
     align: StageConfig = field(default_factory=_align)

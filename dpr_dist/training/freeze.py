@@ -31,6 +31,7 @@ def apply_freeze(model: nn.Module, trained: list[str]) -> None:
     model.item_table.frozen = "item_table" not in trained
 
 
-def trainable_dense(model: nn.Module) -> list[nn.Parameter]:
+def named_trainable_dense(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of every trained parameter outside the item table, in model order."""
     table = {id(p) for p in model.item_table.parameters()}
-    return [p for p in model.parameters() if p.requires_grad and id(p) not in table]
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in table]

@@ -1,20 +1,25 @@
 """What each training stage minimises, one function per stage (DPR_SPEC "Training stages").
 
-Each takes the model, a batch from the shard reader and the run's :class:`Context`, and returns the
-loss with a dict of floats to log. Which parameters the loss may move is decided by the stage
-(frozen groups), not here.
+Each takes the model, a batch from the shard reader, the stage config and the run's
+:class:`Context`, and returns its loss terms ``{name: (weight, Term)}``; the trainer turns them into
+one loss normalised by the global batch (dpr_dist.training.step). Which parameters a loss may move
+is decided by the stage (frozen groups), not here. The item table is only reached through the
+ItemTable interface, so the same objectives train a plain or a sharded table.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from dpr_dist import losses
 from dpr_dist.data.clauses import clause_inputs
+from dpr_dist.losses import Term
 from dpr_dist.training.config import StageConfig
+
+Terms = dict[str, tuple[float, Term]]
 
 
 @dataclass
@@ -24,18 +29,24 @@ class Context:
     prompt_emb: Tensor       # float [P, prompt_dim]
     item_tag: Tensor         # bool [N+1, T]
     item_log_q: Tensor       # float [N+1]: log sampling probability (for the sampled softmax)
-    generator: torch.Generator
+    generator: torch.Generator  # negatives and prompt noise: the same state on every rank
+    _centroids: dict = field(default_factory=dict, repr=False)
 
-    def tag_centroids(self, item_weight: Tensor) -> Tensor:
-        """Mean item embedding of each tag [T, d] (detached: the target of alignment, not trained)."""
-        tags = self.item_tag.to(item_weight.dtype)  # [N+1, T]
-        counts = tags.sum(0).clamp(min=1).unsqueeze(1)
-        return (tags.T @ item_weight.detach()) / counts
+    def tag_centroids(self, item_table) -> Tensor:
+        """Mean item embedding of each tag [T, d] (detached: the target of alignment, not trained).
+        Computed once per frozen table (the align stage), as it cannot change."""
+        if item_table.frozen and self._centroids.get("table") is item_table:
+            return self._centroids["value"]
+        tags = self.item_tag.to(torch.float32)  # [N+1, T]
+        counts = tags.sum(0).clamp(min=1)
+        value = item_table.weighted_rows((tags / counts).T)
+        self._centroids.update(table=item_table, value=value)
+        return value
 
 
-def _next_item_loss(model, states: Tensor, targets: Tensor, stage: StageConfig, ctx: Context) -> Tensor:
+def _next_item_loss(model, states: Tensor, targets: Tensor, stage: StageConfig, ctx: Context) -> Term:
     if stage.loss == "full":
-        return losses.full_softmax_ce(model.item_table.score_all(states), targets)
+        return losses.full_softmax_ce(model.item_table, states, targets)
     if stage.loss == "sampled":
         return losses.sampled_softmax_logq(
             states, targets, model.item_table, stage.num_negatives, ctx.item_log_q, ctx.generator
@@ -43,34 +54,30 @@ def _next_item_loss(model, states: Tensor, targets: Tensor, stage: StageConfig, 
     raise ValueError(f"stage loss must be 'full' or 'sampled', got {stage.loss!r}")
 
 
-def warmup_loss(model, batch: dict, stage: StageConfig, ctx: Context) -> tuple[Tensor, dict]:
+def warmup_loss(model, batch: dict, stage: StageConfig, ctx: Context) -> Terms:
     """Next-item loss at every position of the training sequences (no prompts); optionally
     (``tag_weight`` > 0, ours) an item-tag InfoNCE that lays the tags out in the item table, so the
     steer stage can move the user vector towards a tag through the same table it scores with."""
     H, _ = model.encode_history(batch["hist"])
     labels = batch["labels"]
     keep = labels > 0
-    loss = _next_item_loss(model, H[keep], labels[keep], stage, ctx)
-    logs = {"next_item": loss.item(), "positions": int(keep.sum())}
+    terms: Terms = {"next_item": (1.0, _next_item_loss(model, H[keep], labels[keep], stage, ctx))}
     if stage.tag_weight:
         items = torch.unique(torch.cat([batch["hist"].flatten(), labels.flatten()]))
         items = items[items > 0]
-        tag_loss = losses.item_tag_infonce(model.item_table.lookup(items), ctx.item_tag[items], stage.temperature)
-        loss = loss + stage.tag_weight * tag_loss
-        logs["item_tags"] = tag_loss.item()
-    logs["loss"] = loss.item()
-    return loss, logs
+        terms["item_tags"] = (stage.tag_weight, losses.item_tag_infonce(
+            model.item_table.lookup(items), ctx.item_tag[items], stage.temperature))
+    return terms
 
 
-def align_loss(model, batch: dict, stage: StageConfig, ctx: Context) -> tuple[Tensor, dict]:
+def align_loss(model, batch: dict, stage: StageConfig, ctx: Context) -> Terms:
     """InfoNCE between projected positive phrasings and the centroid of the tag they name."""
     z = model.projection(ctx.prompt_emb[batch["pos_prompt"]])
-    centroids = ctx.tag_centroids(model.item_table.weight)
-    loss = losses.align_infonce(z, batch["pos_tag"], centroids, stage.temperature)
-    return loss, {"loss": loss.item()}
+    centroids = ctx.tag_centroids(model.item_table)
+    return {"infonce": (1.0, losses.align_infonce(z, batch["pos_tag"], centroids, stage.temperature))}
 
 
-def steer_loss(model, batch: dict, stage: StageConfig, ctx: Context) -> tuple[Tensor, dict]:
+def steer_loss(model, batch: dict, stage: StageConfig, ctx: Context) -> Terms:
     """Next-item CE under the prompt, + suppression of the excluded tag, (+ promotion of the
     requested tag, optional), + the router's polarity loss."""
     clause_emb, polarity = clause_inputs(batch["pos_prompt"], batch["neg_prompt"], ctx.prompt_emb)
@@ -81,28 +88,18 @@ def steer_loss(model, batch: dict, stage: StageConfig, ctx: Context) -> tuple[Te
         jittered = torch.nn.functional.normalize(clause_emb + stage.prompt_noise * noise, dim=-1)
         clause_emb = torch.where((polarity != 0).unsqueeze(-1), jittered, clause_emb)
     out = model(batch["hist"], clause_emb, polarity)
-    scores = model.item_table.score_all(out.u)
-    ce = losses.full_softmax_ce(scores, batch["target"])
-    logs = {"ce": ce.item()}
-    loss = ce
-    negative = batch["neg_tag"] >= 0
-    if stage.suppression_weight and negative.any():
-        tag_mask = ctx.item_tag[:, batch["neg_tag"][negative]].T  # [b, N+1]
-        sup = losses.suppression(scores[negative], tag_mask)
-        loss = loss + stage.suppression_weight * sup
-        logs["suppression"] = sup.item()
-    positive = batch["pos_tag"] >= 0
-    if stage.promotion_weight and positive.any():
-        tag_mask = ctx.item_tag[:, batch["pos_tag"][positive]].T  # [b, N+1]
-        promo = losses.promotion(scores[positive], tag_mask)
-        loss = loss + stage.promotion_weight * promo
-        logs["promotion"] = promo.item()
+    table = model.item_table
+    # One catalogue pass gives the CE normaliser and the untagged mass of the suppressed tag.
+    lse = table.catalogue_logsumexp(out.u, ctx.item_tag, batch["neg_tag"])
+    terms: Terms = {"ce": (1.0, losses.softmax_ce(lse, losses.target_logits(table, out.u, batch["target"])))}
+    if stage.suppression_weight:
+        terms["suppression"] = (stage.suppression_weight, losses.suppression(lse, batch["neg_tag"]))
+    if stage.promotion_weight:
+        lse_pos = table.catalogue_logsumexp(out.u, ctx.item_tag, batch["pos_tag"])
+        terms["promotion"] = (stage.promotion_weight, losses.promotion(lse_pos, batch["pos_tag"]))
     if stage.router_weight and out.router_logits is not None:
-        rl = losses.router_polarity_loss(out.router_logits, polarity)
-        loss = loss + stage.router_weight * rl
-        logs["router"] = rl.item()
-    logs["loss"] = loss.item()
-    return loss, logs
+        terms["router"] = (stage.router_weight, losses.router_polarity_loss(out.router_logits, polarity))
+    return terms
 
 
 OBJECTIVES = {"warmup": warmup_loss, "align": align_loss, "steer": steer_loss}

@@ -1,36 +1,51 @@
-"""Run the three DPR stages one after another (or a subset), each from the previous checkpoint."""
+"""Run the three DPR stages one after another (or a subset), each from the previous stage's checkpoint.
+
+The same function runs on one process (the reference path) and on many (``deepspeed
+launch/train.py``, ``torchrun``): :func:`make_runtime` picks the runtime, nothing else changes.
+
+A stage whose checkpoint is complete and was made by the same *fingerprint* (model, seed, data,
+this stage's settings, and the checkpoint it started from) is skipped; a stage with a resumable
+state of the same fingerprint resumes from it (after a crash, kill -9, or a dead rank); anything
+else trains the stage afresh.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
+from dpr_dist import losses
 from dpr_dist.common import schema
 from dpr_dist.common.atomic import sha256_file
 from dpr_dist.common.configio import from_dict
 from dpr_dist.data.prepared import Prepared, load_prepared
 from dpr_dist.data.reader import shard_loader
 from dpr_dist.eval import baselines
-from dpr_dist.eval.harness import EvalInputs, mean_ndcg10
-from dpr_dist import losses
 from dpr_dist.modules import DPRModel, build_model
-from dpr_dist.training.checkpoint import load_checkpoint
+from dpr_dist.training.checkpoint import COMPLETE, CheckpointError, load_checkpoint
 from dpr_dist.training.config import TrainConfig
-from dpr_dist.training.loop import STAGE_ORDER, StageResult, train_stage
+from dpr_dist.training.loop import STAGE_ORDER, WEIGHTS, StageResult, train_stage
 from dpr_dist.training.objectives import Context
+from dpr_dist.training.runtime import LocalRuntime
+from dpr_dist.training.validation import Validator
 
 # Early stopping: warm-up on standard next-item, steer on the mean over the three paper tasks.
 STEER_VALID_TASKS = (schema.TASK_STANDARD, schema.TASK_POSITIVE, schema.TASK_NEGATIVE)
+LAUNCHER_ENV = "WORLD_SIZE"  # set by deepspeed, torchrun and every torch.distributed launcher
 
 
 def popularity(prepared: Prepared) -> np.ndarray:
     return baselines.popularity_counts([p for p, _ in prepared.shards("train", schema.STAGE_WARMUP)], prepared.num_items)
 
 
-def build_context(prepared: Prepared, counts: np.ndarray, device: str) -> Context:
+def build_context(prepared: Prepared, counts: np.ndarray, device) -> Context:
     # Sampling distribution of the sampled softmax: training popularity, smoothed so every item can
     # be drawn; row 0 (padding) is never drawn.
     q = counts.astype(np.float64) + 1.0
@@ -46,20 +61,24 @@ def build_context(prepared: Prepared, counts: np.ndarray, device: str) -> Contex
     )
 
 
-def model_for(cfg: TrainConfig, prepared: Prepared) -> DPRModel:
-    """A freshly initialised model sized for the prepared data (seeded by cfg.seed)."""
-    dim = int(prepared.prompt_embeddings.shape[1])
-    if cfg.model.prompt_dim != dim:
-        raise ValueError(
-            f"model.prompt_dim={cfg.model.prompt_dim} but {prepared.root} holds {dim}-d prompt embeddings "
-            f"(encoder {prepared.manifest.get('encoder', {}).get('kind', '?')}): set model.prompt_dim: {dim}"
-        )
-    torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, prepared.num_items).to(cfg.device)
+def make_runtime(cfg: TrainConfig):
+    """The reference runtime, or the distributed one (under a launcher, or distributed.mode: on)."""
+    mode = cfg.distributed.mode
+    launched = LAUNCHER_ENV in os.environ
+    if mode == "off":
+        if launched and int(os.environ[LAUNCHER_ENV]) > 1:
+            raise ValueError(f"distributed.mode=off, but a launcher started {os.environ[LAUNCHER_ENV]} ranks: "
+                             "every rank would train the whole model alone; set distributed.mode to auto or on")
+        return LocalRuntime(cfg.device)
+    if mode == "on" or launched:
+        from dpr_dist.distributed.runtime import DistributedRuntime  # TorchRec and DeepSpeed only when used
+
+        return DistributedRuntime(cfg)
+    return LocalRuntime(cfg.device)
 
 
 def load_model(checkpoint_dir: str | Path, prepared: Prepared | None = None) -> tuple[DPRModel, TrainConfig, dict]:
-    """Rebuild a model from a stage checkpoint (its own config says how)."""
+    """Rebuild a model from a stage checkpoint (its own config says how), on one process."""
     state, config, metrics = load_checkpoint(checkpoint_dir)
     cfg = from_dict(TrainConfig, config, where=f"{checkpoint_dir}/config.yaml")
     num_items = state["item_table.embedding.weight"].shape[0] - 1
@@ -71,13 +90,34 @@ def load_model(checkpoint_dir: str | Path, prepared: Prepared | None = None) -> 
     return model, cfg, metrics
 
 
-def _validator(stage: str, cfg: TrainConfig, prepared: Prepared, ctx: Context, eval_inputs: EvalInputs):
+# Settings that say how to run, not what to compute: they do not change a stage's result.
+RUNTIME_KEYS = ("threads", "device", "distributed", "checkpoint_every_steps", "log_every_steps", "out_dir", "data_dir", "eval")
+
+
+def stage_fingerprint(cfg: TrainConfig, stage: str, data_sha: str, start: str) -> str:
+    """What a stage's result depends on: model, seed, data, its own settings, its starting checkpoint."""
+    what = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS and k not in STAGE_ORDER}
+    what.update(stage=stage, stage_config=dataclasses.asdict(cfg.stage(stage)), data=data_sha, start=start)
+    return hashlib.sha256(yaml.safe_dump(what, sort_keys=True).encode()).hexdigest()
+
+
+def _completed_fingerprint(stage_dir: Path) -> str | None:
+    try:
+        return json.loads((stage_dir / "metrics.json").read_text()).get("fingerprint") if (stage_dir / COMPLETE).exists() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _validator(stage: str, cfg: TrainConfig, prepared: Prepared, ctx: Context, runtime):
     st = cfg.stage(stage)
+    common = dict(runtime=runtime, prompt_emb=ctx.prompt_emb, item_tag=ctx.item_tag, max_len=cfg.model.max_len,
+                  batch_size=cfg.eval.batch_size, max_cases=st.eval_max_cases)
 
     if stage == "warmup":
-        def validate(model):
-            m = mean_ndcg10(model, prepared, "valid", [schema.TASK_STANDARD], eval_inputs,
-                            max_cases=st.eval_max_cases, methods=("backbone",))
+        standard = Validator(prepared, "valid", [schema.TASK_STANDARD], "backbone", **common)
+
+        def validate(trainer):
+            m = standard(trainer)
             return "standard/ndcg@10", m["standard/ndcg@10"], m
         return validate
 
@@ -85,19 +125,21 @@ def _validator(stage: str, cfg: TrainConfig, prepared: Prepared, ctx: Context, e
         prompts = prepared.prompts
         positive = prompts[prompts["polarity"] > 0]
         tag_index = {t: i for i, t in enumerate(prepared.tag_names)}
+        parts = []
+        for name, part in (("held_out", positive[positive["held_out"]]), ("seen", positive[~positive["held_out"]])):
+            if len(part):
+                ids = torch.as_tensor(part["prompt_id"].to_numpy().copy(), device=runtime.device)
+                tags = torch.as_tensor(part["tag"].map(tag_index).to_numpy().copy(), device=runtime.device)
+                parts.append((name, ids, tags))
 
-        def validate(model):
+        def validate(trainer):
             # Alignment quality on phrasings never trained on (held-out templates): InfoNCE and the
             # share whose nearest tag centroid is the tag they name.
             out = {}
-            centroids = ctx.tag_centroids(model.item_table.weight)
-            for name, part in (("held_out", positive[positive["held_out"]]), ("seen", positive[~positive["held_out"]])):
-                if not len(part):
-                    continue
-                ids = torch.as_tensor(part["prompt_id"].to_numpy().copy())
-                tags = torch.as_tensor(part["tag"].map(tag_index).to_numpy().copy())
-                z = model.projection(ctx.prompt_emb[ids])
-                out[f"{name}/infonce"] = float(losses.align_infonce(z, tags, centroids, st.temperature))
+            centroids = ctx.tag_centroids(trainer.model.item_table)
+            for name, ids, tags in parts:
+                z = trainer.run(lambda model: model.projection(ctx.prompt_emb[ids]))
+                out[f"{name}/infonce"] = float(losses.align_infonce(z, tags, centroids, st.temperature).mean())
                 sims = torch.nn.functional.normalize(z, dim=-1) @ torch.nn.functional.normalize(centroids, dim=-1).T
                 out[f"{name}/top1"] = float((sims.argmax(1) == tags).float().mean())
             key = "held_out/infonce" if "held_out/infonce" in out else "seen/infonce"
@@ -105,53 +147,69 @@ def _validator(stage: str, cfg: TrainConfig, prepared: Prepared, ctx: Context, e
         return validate
 
     if stage == "steer":
-        def validate(model):
-            m = mean_ndcg10(model, prepared, "valid", STEER_VALID_TASKS, eval_inputs, max_cases=st.eval_max_cases)
+        tasks = Validator(prepared, "valid", STEER_VALID_TASKS, "dpr", **common)
+
+        def validate(trainer):
+            m = tasks(trainer)
             mean = float(np.mean([m[f"{t}/ndcg@10"] for t in STEER_VALID_TASKS]))
             return "mean_ndcg@10", mean, {**m, "mean_ndcg@10": mean}
         return validate
     raise ValueError(f"unknown stage {stage!r}; stages: {STAGE_ORDER}")
 
 
-def run_stages(cfg: TrainConfig, stages=STAGE_ORDER, prepared: Prepared | None = None) -> dict[str, StageResult]:
+def run_stages(cfg: TrainConfig, stages=STAGE_ORDER, prepared: Prepared | None = None, runtime=None) -> dict[str, StageResult]:
     """Train ``stages`` in order. A stage after the first starts from the previous stage's checkpoint
-    in ``cfg.out_dir`` (so ``--stage steer`` alone resumes a pipeline that finished align)."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    prepared = prepared or load_prepared(cfg.data_dir)
-    out_dir = Path(cfg.out_dir)
-    counts = popularity(prepared)
-    ctx = build_context(prepared, counts, cfg.device)
-    eval_inputs = EvalInputs(prompt_emb=ctx.prompt_emb, item_tag=ctx.item_tag, popularity=counts)
+    in ``cfg.out_dir`` (so ``--stage steer`` alone continues a pipeline that finished align)."""
     unknown = [s for s in stages if s not in STAGE_ORDER]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages: {STAGE_ORDER}")
-    stages = [s for s in STAGE_ORDER if s in stages and cfg.stage(s).enabled]
-    model = model_for(cfg, prepared)
-    if stages:
-        first = STAGE_ORDER.index(stages[0])
-        if first > 0:
-            previous = out_dir / STAGE_ORDER[first - 1]
-            model, _, _ = load_model(previous, prepared)
-            model.cfg = cfg.model  # this run's model config (e.g. routing) applies from here on
-    results = {}
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    runtime = runtime or make_runtime(cfg)
+    prepared = prepared or load_prepared(cfg.data_dir)
+    dim = int(prepared.prompt_embeddings.shape[1])
+    if cfg.model.prompt_dim != dim:
+        raise ValueError(
+            f"model.prompt_dim={cfg.model.prompt_dim} but {prepared.root} holds {dim}-d prompt embeddings "
+            f"(encoder {prepared.manifest.get('encoder', {}).get('kind', '?')}): set model.prompt_dim: {dim}"
+        )
+    out_dir = Path(cfg.out_dir)
+    counts = popularity(prepared)
+    ctx = build_context(prepared, counts, runtime.device)
     data_sha = sha256_file(Path(prepared.root) / schema.MANIFEST_NAME)
-    for stage in stages:
+    results = {}
+    for stage in [s for s in STAGE_ORDER if s in stages and cfg.stage(s).enabled]:
         st = cfg.stage(stage)
-
-        def make_batches(name, epoch, st=st):
-            loader = shard_loader(
-                prepared, "train", name, global_batch=st.batch_size, max_len=cfg.model.max_len,
-                seed=cfg.seed, shuffle=True,
-            )
-            loader.epoch = epoch
-            return loader
-
+        stage_dir = out_dir / stage
+        previous = _previous_checkpoint(out_dir, stage, cfg)
+        start = sha256_file(previous / COMPLETE) if previous else "init"
+        fingerprint = stage_fingerprint(cfg, stage, data_sha, start)
+        if _completed_fingerprint(stage_dir) == fingerprint:
+            if runtime.is_main:
+                print(f"[{stage}] up to date: {stage_dir} (same configuration, data and starting checkpoint)")
+            continue
+        model = runtime.build_model(cfg.model, prepared.num_items, cfg.seed, st)
+        if previous:
+            load_checkpoint(previous)  # verifies the checksums, names a corrupt or partial checkpoint
+            runtime.load_weights(model, previous / WEIGHTS)
+        loader = shard_loader(prepared, "train", stage, global_batch=st.batch_size, max_len=cfg.model.max_len,
+                              seed=cfg.seed, shuffle=True, rank=runtime.rank, world=runtime.world_size)
         results[stage] = train_stage(
-            stage, cfg, model, make_batches, _validator(stage, cfg, prepared, ctx, eval_inputs), ctx,
-            out_dir, extra_metrics={"data_manifest_sha256": data_sha},
+            stage, cfg, runtime, model, loader, _validator(stage, cfg, prepared, ctx, runtime), ctx, out_dir,
+            fingerprint, extra_metrics={"data_manifest_sha256": data_sha},
         )
     return results
+
+
+def _previous_checkpoint(out_dir: Path, stage: str, cfg: TrainConfig) -> Path | None:
+    """The checkpoint a stage starts from: the nearest earlier enabled stage's (None for the first)."""
+    earlier = [s for s in STAGE_ORDER[: STAGE_ORDER.index(stage)] if cfg.stage(s).enabled]
+    if not earlier:
+        return None
+    path = out_dir / earlier[-1]
+    if not (path / COMPLETE).exists():
+        raise CheckpointError(f"stage {stage} starts from {path}, which is not a complete checkpoint: run {earlier[-1]} first")
+    return path
 
 
 def config_dict(cfg: TrainConfig) -> dict:

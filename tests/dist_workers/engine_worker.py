@@ -28,7 +28,7 @@ from dpr_dist.losses import sampled_softmax_logq
 from dpr_dist.modules.item_table import PlainItemTable
 from dpr_dist.optim.rowwise_adagrad import RowWiseAdagrad
 from dpr_dist.training.config import StageConfig
-from dpr_dist.training.freeze import apply_freeze, trainable_dense
+from dpr_dist.training.freeze import apply_freeze, named_trainable_dense
 
 STEPS = 3
 STAGE = StageConfig(batch_size=recipe.WORLD * recipe.LOCAL_BATCH, lr=1e-2, weight_decay=0.01, item_lr=recipe.LR,
@@ -60,7 +60,7 @@ def reference_run() -> tuple[nn.Module, list[float]]:
         table.embedding.weight.copy_(recipe.init_weight())
     model = TinyModel(table)
     apply_freeze(model, STAGE.train)
-    dense = trainable_dense(model)
+    dense = [p for _, p in named_trainable_dense(model)]
     dense_opt = torch.optim.AdamW(dense, lr=STAGE.lr, weight_decay=STAGE.weight_decay)
     table_opt = RowWiseAdagrad(table.parameters(), lr=STAGE.item_lr, eps=recipe.EPS)
     norms = []

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dpr_dist.distributed.init_weights import initial_weight
+from dpr_dist.modules.item_init import initial_weight
 from dpr_dist.losses import sampled_softmax_logq
 
 NUM_ITEMS = 400

@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 import recipe
 from dpr_dist.distributed.env import init_distributed
 from dpr_dist.distributed.sharded_table import ShardedItemTable
-from dpr_dist.distributed.table_checkpoint import export_safetensors, load_table, save_table
-from dpr_dist.distributed.topk import exclude_ids
+from dpr_dist.distributed.export import export_model
+from dpr_dist.distributed.table_checkpoint import load_table, save_table
 
 
 def make_table(sharding: str, **kwargs) -> ShardedItemTable:
@@ -46,13 +46,13 @@ def save_rank(out: Path, name: str, tensors: dict) -> None:
 
 def run_train(args, out: Path) -> None:
     table = make_table(args.sharding, seed=recipe.SEED)
-    export_safetensors(table, out / "w_init.safetensors")
+    export_model({}, table, out / "w_init.safetensors")
     with torch.no_grad():
         save_rank(out, "lookup", {"history": table.lookup(recipe.batch(0, dist.get_rank()).history)})
     losses = [train_step(table, t) for t in range(recipe.STEPS)]
-    export_safetensors(table, out / "w_trained.safetensors")
+    export_model({}, table, out / "w_trained.safetensors")
 
-    values, ids = table.topk_all(recipe.queries(), 10, exclude_ids(recipe.query_history()))
+    values, ids = table.topk(recipe.queries(), 10, recipe.query_history())
     with torch.no_grad():
         scores = table.score_all(recipe.queries())
     centroid_sums = table.weighted_rows(recipe.tag_weights())
@@ -65,12 +65,12 @@ def run_train(args, out: Path) -> None:
 
     save_table(table, out / "ckpt")
     losses.append(train_step(table, recipe.STEPS))
-    export_safetensors(table, out / "w_extra.safetensors")
+    export_model({}, table, out / "w_extra.safetensors")
 
     table.frozen = True
     user = torch.zeros(recipe.LOCAL_BATCH, recipe.DIM, requires_grad=True)
     frozen_losses = [train_step(table, recipe.STEPS + 1 + t, user) for t in range(2)]
-    export_safetensors(table, out / "w_frozen.safetensors")
+    export_model({}, table, out / "w_frozen.safetensors")
     save_rank(out, "frozen_user_grad", {"grad": user.grad})
 
     table.frozen = False
@@ -80,7 +80,7 @@ def run_train(args, out: Path) -> None:
         direct = make_table(args.sharding, seed=recipe.SEED, deferred_update=False)
         for t in range(recipe.STEPS):
             recipe.loss(direct, recipe.batch(t, dist.get_rank())).backward()
-        export_safetensors(direct, out / "w_direct.safetensors")
+        export_model({}, direct, out / "w_direct.safetensors")
     (out / f"losses_r{dist.get_rank()}.json").write_text(
         json.dumps({"losses": losses, "frozen_losses": frozen_losses, "score_all_refusal": refusal, **edge})
     )
@@ -104,18 +104,18 @@ def edge_cases(table: ShardedItemTable) -> dict:
 
 def run_load(args, out: Path) -> None:
     table = make_table(args.sharding, init_weight=torch.full((recipe.NUM_ITEMS + 1, recipe.DIM), 0.5))
-    export_safetensors(table, out / "w_before.safetensors")
+    export_model({}, table, out / "w_before.safetensors")
     load_table(table, args.ckpt)
-    export_safetensors(table, out / "w_loaded.safetensors")
+    export_model({}, table, out / "w_loaded.safetensors")
     train_step(table, recipe.STEPS)
-    export_safetensors(table, out / "w_extra.safetensors")
+    export_model({}, table, out / "w_extra.safetensors")
 
 
 def run_columns(args, out: Path) -> None:
     """Column-wise sharding really splits columns only from d=256 (the planner's shards are 128 wide)."""
     table = ShardedItemTable(recipe.NUM_ITEMS, recipe.WIDE_DIM, sharding="column_wise", seed=recipe.SEED)
     queries = torch.randn(5, recipe.WIDE_DIM, generator=torch.Generator().manual_seed(96))
-    values, ids = table.topk_all(queries, 10, exclude_ids(recipe.query_history()))
+    values, ids = table.topk(queries, 10, recipe.query_history())
     with torch.no_grad():
         history = table.lookup(recipe.query_history())
     save_rank(out, "columns", {

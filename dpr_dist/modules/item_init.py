@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from dpr_dist.modules.item_table import PAD_ID
+from dpr_dist.common.schema import PAD_ID
 
 BLOCK_ROWS = 65_536
 
