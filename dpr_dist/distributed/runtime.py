@@ -70,10 +70,9 @@ class DistributedRuntime:
 
     def load_weights(self, model: DPRModel, path: Path) -> None:
         """Every rank reads the dense tensors and the rows of its own shards."""
-        dense_keys = [k for k in model.state_dict() if not k.startswith("item_table.")]
-        values = export.read_dense(path, dense_keys)
+        own = _dense_tensors(model)
+        values = export.read_dense(path, list(own))
         with torch.no_grad():
-            own = model.state_dict()
             for key, value in values.items():
                 if own[key].shape != value.shape:
                     raise StateError(f"{path}: {key} has shape {tuple(value.shape)}, the model {tuple(own[key].shape)}")
@@ -85,18 +84,23 @@ class DistributedRuntime:
             dist.destroy_process_group()
 
 
+def _dense_tensors(model: DPRModel) -> dict[str, Tensor]:
+    """The model's parameters and buffers outside the item table, by state_dict name. Not through
+    ``model.state_dict()``: TorchRec's state-dict hook on the sharded table re-prefixes the keys
+    its parent collected before it (``backbone.*`` comes out as ``item_table.collection.backbone.*``)."""
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    return {k: v for k, v in tensors.items() if not k.startswith("item_table.")}
+
+
 def _full_dense_state(model: DPRModel) -> dict[str, Tensor]:
     """Every dense tensor of the model, whole (ZeRO-3 keeps partitions: they are gathered)."""
     from deepspeed.utils import safe_get_full_fp32_param
 
     out = {}
-    params = dict(model.named_parameters())
-    for key, value in model.state_dict().items():
-        if key.startswith("item_table."):
-            continue
-        param = params.get(key)
-        if param is not None and hasattr(param, "ds_id"):  # ZeRO-3 partitioned
-            value = safe_get_full_fp32_param(param)
+    for key, value in _dense_tensors(model).items():
+        if hasattr(value, "ds_id"):  # ZeRO-3 partitioned
+            value = safe_get_full_fp32_param(value)
         out[key] = value.detach().to("cpu")
     return out
 

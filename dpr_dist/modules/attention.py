@@ -36,7 +36,10 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.impl = impl
         self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
+        # No key bias: q . (W x + b) shifts every key's score of a query by the same q . b, which the
+        # softmax cancels. Its gradient is zero up to rounding, and Adam would turn that rounding
+        # noise into lr-sized random steps (and break parity between runs that round differently).
+        self.k_proj = nn.Linear(dim, dim, bias=False)
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
 

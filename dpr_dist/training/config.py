@@ -60,7 +60,7 @@ class EvalConfig:
     max_cases: int | None = None  # per task; None = every case
 
 
-DISTRIBUTED_MODES = ("auto", "on", "off")
+DISTRIBUTED_MODES = ("auto", "distributed", "reference")
 
 
 @dataclass
@@ -68,8 +68,8 @@ class DistributedConfig:
     """How ``launch/train.py`` runs on several processes (dpr_dist/distributed)."""
 
     # "auto": distributed when a launcher (deepspeed, torchrun) set WORLD_SIZE, else the
-    # single-process reference path; "on": distributed even alone (a world of one: TorchRec table,
-    # DeepSpeed engine); "off": the reference path (refused under a launcher with several ranks).
+    # single-process reference path; "distributed": even alone (a world of one: TorchRec table,
+    # DeepSpeed engine); "reference": the reference path (refused under a launcher of several ranks).
     mode: str = "auto"
     sharding: str = "row_wise"            # row_wise | table_wise | column_wise (TorchRec)
     table_optimizer: str = "rowwise_adagrad"  # fused in TorchRec's backward: rowwise_adagrad | sgd

@@ -25,7 +25,8 @@ def apply_freeze(model: nn.Module, trained: list[str]) -> None:
     for name, modules in groups.items():
         for module in modules:
             for p in module.parameters():
-                p.requires_grad_(name in trained)
+                if p.is_leaf:  # a TorchRec table's parameters are views of its fused kernel's weights
+                    p.requires_grad_(name in trained)
     # A frozen table is read through a detached weight: a fused (TorchRec) table updates inside
     # backward whatever requires_grad says, so detaching is what keeps it bit-identical.
     model.item_table.frozen = "item_table" not in trained

@@ -62,15 +62,15 @@ def build_context(prepared: Prepared, counts: np.ndarray, device) -> Context:
 
 
 def make_runtime(cfg: TrainConfig):
-    """The reference runtime, or the distributed one (under a launcher, or distributed.mode: on)."""
+    """The reference runtime, or the distributed one (under a launcher, or distributed.mode: distributed)."""
     mode = cfg.distributed.mode
     launched = LAUNCHER_ENV in os.environ
-    if mode == "off":
+    if mode == "reference":
         if launched and int(os.environ[LAUNCHER_ENV]) > 1:
-            raise ValueError(f"distributed.mode=off, but a launcher started {os.environ[LAUNCHER_ENV]} ranks: "
-                             "every rank would train the whole model alone; set distributed.mode to auto or on")
+            raise ValueError(f"distributed.mode=reference, but a launcher started {os.environ[LAUNCHER_ENV]} ranks: "
+                             "every rank would train the whole model alone; set distributed.mode to auto")
         return LocalRuntime(cfg.device)
-    if mode == "on" or launched:
+    if mode == "distributed" or launched:
         from dpr_dist.distributed.runtime import DistributedRuntime  # TorchRec and DeepSpeed only when used
 
         return DistributedRuntime(cfg)

@@ -61,7 +61,7 @@ def dense_state(named: list[tuple[str, nn.Parameter]], value: Callable, moment: 
                 out[f"{name}.{key}"] = m
         s = step(param)
         if s is not None:
-            out[f"{name}.step"] = torch.as_tensor(s, dtype=torch.float32).reshape(())
+            out[f"{name}.step"] = torch.as_tensor(s, dtype=torch.float32).reshape(()).clone()
     return out
 
 

@@ -41,6 +41,34 @@ def deepspeed_cmd(script: str, args: list[str], nproc: int) -> list[str]:
     ]
 
 
+TRAIN_SCRIPT = REPO / "launch" / "train.py"
+
+
+def train_args(config: Path, out: Path, data: Path, sets: list[str]) -> list[str]:
+    return ["--config", str(config), "--set", f"data_dir={data}", "--set", f"out_dir={out}",
+            *sum((["--set", s] for s in sets), [])]
+
+
+def deepspeed_train_cmd(args: list[str], nproc: int, port: int | None = None) -> list[str]:
+    launcher = Path(sys.executable).with_name("deepspeed")
+    return [str(launcher), "--num_accelerators", str(nproc), "--master_addr", "127.0.0.1",
+            "--master_port", str(port or free_port()), str(TRAIN_SCRIPT), *args]
+
+
+def torchrun_train_cmd(args: list[str], nproc: int, nnodes: int = 1, node_rank: int = 0, port: int | None = None,
+                       addr: str = "127.0.0.1") -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node_rank),
+            "--nproc_per_node", str(nproc), "--master_addr", addr, "--master_port", str(port or free_port()),
+            str(TRAIN_SCRIPT), *args]
+
+
+def start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    """A launcher in its own process group (so a test can kill -9 it with all its ranks)."""
+    fh = open(log, "w")
+    return subprocess.Popen(cmd, env={**worker_env(), **(env or {})}, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+
+
 def run(cmd: list[str], timeout: float, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, env=worker_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
