@@ -228,3 +228,35 @@ def test_partial_or_corrupt_checkpoint_is_refused_by_name(row_wise_run, tmp_path
     (ckpt / "COMPLETE").unlink()
     with pytest.raises(TableCheckpointError, match=r"partial table checkpoint \(COMPLETE missing\)"):
         verify_table_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize("sharding", ["row_wise", "table_wise"])
+def test_catalogue_methods_of_a_sharded_table_match_the_plain_table(tmp_path, sharding):
+    """Shard-local full softmax (value and gradient), target ranks and top-k over 2 ranks holding
+    unequal numbers of queries, against the same methods of a plain table and against the judge's
+    own ranking code (dpr_dist.eval.metrics)."""
+    from dpr_dist.eval import metrics
+
+    runner.run(runner.torchrun_cmd("table_worker.py", ["catalogue", "--sharding", sharding, "--out", str(tmp_path)], 2),
+               LAUNCH_TIMEOUT)
+    plain = plain_table(recipe.init_weight())
+    plain.frozen = True
+    for rank in range(recipe.WORLD):
+        got = per_rank(tmp_path, "catalogue", rank)
+        u = recipe.rank_queries(rank).requires_grad_()
+        tags, tag_ids, targets, history = recipe.catalogue_case(rank)
+        lse = plain.catalogue_logsumexp(u, tags, tag_ids)
+        plain_lse = plain.catalogue_logsumexp(u)
+        recipe.catalogue_loss(lse, plain_lse).backward()
+        assert torch.allclose(got["lse"], lse.detach(), atol=TOL, rtol=0)
+        assert torch.allclose(got["plain_lse"], plain_lse.detach(), atol=TOL, rtol=0)
+        assert torch.allclose(got["grad"], u.grad, atol=TOL, rtol=0)
+        # The normaliser itself against torch.logsumexp over the full score matrix.
+        scores = (u.detach() @ recipe.init_weight().T)[:, 1:]
+        assert torch.allclose(got["plain_lse"][0], scores.logsumexp(1), atol=TOL, rtol=0)
+        # Ranks: the judge's pessimistic rank on the full score matrix.
+        full = u.detach() @ recipe.init_weight().T
+        exclude = metrics.exclusion_mask(history, recipe.NUM_ITEMS + 1, targets=targets)
+        assert torch.equal(got["ranks"], metrics.target_ranks(full, targets, exclude))
+        masked = full.masked_fill(metrics.exclusion_mask(history, recipe.NUM_ITEMS + 1), float("-inf"))
+        assert torch.equal(got["ids"], torch.topk(masked, 7, dim=1).indices)

@@ -258,19 +258,14 @@ class ShardedItemTable(ItemTable):
                 yield start, partial
 
     def _gather(self, x: Tensor) -> Tensor:
-        """all_gather along dim 0 in rank order, padded to the largest part (ranks may hold unequal
-        numbers of queries); differentiable (torch.distributed.nn: its backward sums every rank's
-        gradient for this rank's part)."""
-        from torch.distributed.nn.functional import all_gather
-
+        """Every rank's x concatenated along dim 0 in rank order, padded to the largest part (ranks
+        may hold unequal numbers of queries); differentiable (see :class:`_GatherRows`)."""
         x = x.to(self._device)
         sizes = torch.tensor([x.shape[0]], device=self._device)
-        all_sizes = [torch.zeros_like(sizes) for _ in range(dist.get_world_size())]
-        dist.all_gather(all_sizes, sizes)
-        self._gather_sizes = [int(s) for s in all_sizes]
+        self._gather_sizes = [int(s) for s in _all_gather_plain(sizes)]
         longest = max(self._gather_sizes)
         padded = torch.cat([x, x.new_zeros(longest - x.shape[0], *x.shape[1:])]) if longest > x.shape[0] else x
-        parts = all_gather(padded) if x.requires_grad else _all_gather_plain(padded)
+        parts = _GatherRows.apply(padded).split(longest) if x.requires_grad else _all_gather_plain(padded)
         return torch.cat([part[:size] for part, size in zip(parts, self._gather_sizes)])
 
     def _local(self, x: Tensor) -> Tensor:
@@ -280,9 +275,7 @@ class ShardedItemTable(ItemTable):
 
     def _combine(self, x: Tensor, op: str) -> Tensor:
         if op == "logsumexp":
-            from torch.distributed.nn.functional import all_gather
-
-            parts = all_gather(x.contiguous()) if x.requires_grad else _all_gather_plain(x.contiguous())
+            parts = _GatherRows.apply(x).split(x.shape[0]) if x.requires_grad else _all_gather_plain(x)
             return stack_logsumexp(list(parts))
         x = x.clone()
         dist.all_reduce(x, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
@@ -362,6 +355,24 @@ def _build_sharded_collection(num_rows: int, dim: int, sharding: str, optimizer:
     return DistributedModelParallel(
         module=collection, device=device, plan=plan, sharders=sharders, env=ShardingEnv.from_process_group(group)
     )
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather along dim 0 (equal shapes on every rank) with a gradient: a rank's part gets the
+    sum of every rank's gradient for it. Backward is an all-reduce of the whole (small) gradient,
+    which gloo supports, on a contiguous copy (torch.distributed.nn's all_gather mis-routes a
+    non-contiguous gradient on gloo: seen with torch 2.13)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        return torch.cat(_all_gather_plain(x))
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
 def _all_gather_plain(x: Tensor) -> list[Tensor]:

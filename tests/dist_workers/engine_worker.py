@@ -51,7 +51,7 @@ class TinyModel(nn.Module):
 
 def loss_of(model: nn.Module, forward, b: recipe.Batch) -> torch.Tensor:
     return sampled_softmax_logq(forward(b), b.positives, model.item_table, recipe.NEGATIVES, recipe.item_log_q(),
-                                negative_ids=b.negatives)
+                                negative_ids=b.negatives).mean()
 
 
 def reference_run() -> tuple[nn.Module, list[float]]:
@@ -117,7 +117,7 @@ def run(args, rank: int) -> None:
         if args.fail == "hang-in-step" and rank == 1 and step == 1:
             time.sleep(600)
         with collective_guard(f"training step {step}"):
-            loss = loss_of(model, engine, recipe.batch(step, rank))
+            loss = loss_of(model, lambda b: engine(lambda m, x: m(x), b), recipe.batch(step, rank))
             engine.backward(loss)
             table.apply_gradients()
             engine.step()

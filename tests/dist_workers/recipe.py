@@ -65,7 +65,7 @@ def loss(table, b: Batch, user_param: Tensor | None = None) -> Tensor:
     """``user_param`` (a leaf requiring grad) replaces ``b.user`` where a dense gradient is wanted."""
     user = b.user if user_param is None else user_param
     u = user + table.lookup(b.history).mean(1)
-    return sampled_softmax_logq(u, b.positives, table, NEGATIVES, item_log_q(), negative_ids=b.negatives)
+    return sampled_softmax_logq(u, b.positives, table, NEGATIVES, item_log_q(), negative_ids=b.negatives).mean()
 
 
 def queries() -> Tensor:
@@ -82,3 +82,26 @@ def query_history() -> Tensor:
 def tag_weights() -> Tensor:
     """[3, N+1] 0/1 item-tag matrix, as used for tag centroids."""
     return (torch.rand(3, NUM_ITEMS + 1, generator=torch.Generator().manual_seed(97)) < 0.3).float()
+
+
+def rank_queries(rank: int) -> Tensor:
+    """Rank r holds 3 + 2r queries: unequal parts, as when ranks keep different numbers of rows."""
+    return torch.randn(3 + 2 * rank, DIM, generator=torch.Generator().manual_seed(90 + rank))
+
+
+def catalogue_case(rank: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(item_tag [N+1, 4], tag id per query (-1 = none), targets, histories) for rank_queries(rank)."""
+    n = 3 + 2 * rank
+    g = torch.Generator().manual_seed(80 + rank)
+    tags = torch.rand(NUM_ITEMS + 1, 4, generator=torch.Generator().manual_seed(79)) < 0.3
+    tag_ids = torch.randint(-1, 4, (n,), generator=g)
+    targets = torch.randint(1, NUM_ITEMS + 1, (n,), generator=g)
+    history = torch.randint(0, NUM_ITEMS + 1, (n, 9), generator=g)
+    history[0, 0] = targets[0]  # a target consumed before stays rankable
+    return tags, tag_ids, targets, history
+
+
+def catalogue_loss(lse: Tensor, plain_lse: Tensor) -> Tensor:
+    """Uses every row of the normalisers (weights make a wrong routing of gradients visible)."""
+    finite = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    return (finite * torch.tensor([[1.0], [0.5], [-0.7]])).sum() + 0.3 * plain_lse.sum()

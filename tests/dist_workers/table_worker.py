@@ -124,9 +124,27 @@ def run_columns(args, out: Path) -> None:
     })
 
 
+def run_catalogue(args, out: Path) -> None:
+    """The catalogue-wide methods on a FROZEN sharded table, each rank with its own number of
+    queries (so the gathered parts need padding): full-softmax normalisers and their gradient,
+    target ranks, top-k."""
+    table = make_table(args.sharding, seed=recipe.SEED)
+    table.frozen = True
+    rank = dist.get_rank()
+    u = recipe.rank_queries(rank).requires_grad_()
+    tags, tag_ids, targets, history = recipe.catalogue_case(rank)
+    lse = table.catalogue_logsumexp(u, tags, tag_ids)
+    plain_lse = table.catalogue_logsumexp(u)
+    recipe.catalogue_loss(lse, plain_lse).backward()
+    ranks = table.target_ranks(u, targets, history)
+    values, ids = table.topk(u, 7, history)
+    save_rank(out, "catalogue", {"lse": lse.detach(), "plain_lse": plain_lse.detach(), "grad": u.grad,
+                                 "ranks": ranks, "values": values, "ids": ids})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["train", "load", "columns"])
+    parser.add_argument("mode", choices=["train", "load", "columns", "catalogue"])
     parser.add_argument("--sharding", default="row_wise")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--ckpt", type=Path)
@@ -135,7 +153,7 @@ def main() -> int:
     torch.set_num_threads(1)
     init_distributed("cpu", timeout_minutes=2, deepspeed_comm=False)
     args.out.mkdir(parents=True, exist_ok=True)
-    {"train": run_train, "load": run_load, "columns": run_columns}[args.mode](args, args.out)
+    {"train": run_train, "load": run_load, "columns": run_columns, "catalogue": run_catalogue}[args.mode](args, args.out)
     dist.barrier()
     dist.destroy_process_group()
     return 0
