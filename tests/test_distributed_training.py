@@ -13,9 +13,7 @@ after the three stages. Runs on the same world size are compared bit for bit.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -208,8 +206,7 @@ def killed(tiny_prepared, tmp_path_factory) -> Path:
     deadline = time.time() + LAUNCH_TIMEOUT
     while latest_step(out, "warmup") < 8 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    runner.kill_tree(proc)
     step = latest_step(out, "warmup")
     assert 8 <= step < 36, f"killed at the wrong moment (state of step {step}): {(out.parent / 'launch.log').read_text()[-2000:]}"
     assert not (out / "warmup" / "COMPLETE").exists()
@@ -299,7 +296,7 @@ def test_a_dead_node_makes_the_other_fail_fast(tiny_prepared, tmp_path):
     deadline = time.time() + LAUNCH_TIMEOUT
     while latest_step(run, "warmup") < 4 and nodes[0].poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    os.killpg(nodes[1].pid, signal.SIGKILL)
+    runner.kill_tree(nodes[1])
     killed_at = time.time()
     nodes[0].wait(timeout=LAUNCH_TIMEOUT)
     elapsed = time.time() - killed_at

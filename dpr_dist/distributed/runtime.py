@@ -46,12 +46,15 @@ class DistributedRuntime:
 
     def all_reduce(self, tensor: Tensor) -> Tensor:
         out = tensor.to(self.device).clone()
-        with collective_guard("all-reduce of the loss terms and metrics"):
-            dist.all_reduce(out)
+        dist.all_reduce(out)
         return out.to(tensor.device)
 
     def barrier(self, what: str) -> None:
         barrier_or_fail(what, timeout_seconds=self.cfg.timeout_minutes * 60)
+
+    def guard(self, what: str):
+        """A failed collective inside becomes a DistributedTimeoutError saying ``what`` was waiting."""
+        return collective_guard(what)
 
     def build_model(self, cfg: ModelConfig, num_items: int, seed: int, stage: StageConfig) -> DPRModel:
         table = ShardedItemTable(
@@ -126,17 +129,16 @@ class DistributedStageTrainer:
         parts = _micro_batches(batch, self.accumulation)
         totals: dict[str, float] = {}
         for micro in parts:
-            with collective_guard(f"training step ({self.stage.train})"):
-                terms = self.run(objective, micro, self.stage, ctx)
-                loss, logs = combine_terms(terms, self.runtime.all_reduce, self.runtime.world_size)
-                check_finite(logs)
-                if self.engine is not None:
-                    self.engine.backward(loss)
-                else:
-                    loss.backward()
-                self.table.apply_gradients()  # every micro-batch, never clipped: the fused update
-                if self.engine is not None:
-                    self.engine.step()
+            terms = self.run(objective, micro, self.stage, ctx)
+            loss, logs = combine_terms(terms, self.runtime.all_reduce, self.runtime.world_size)
+            check_finite(logs)
+            if self.engine is not None:
+                self.engine.backward(loss)
+            else:
+                loss.backward()
+            self.table.apply_gradients()  # every micro-batch, never clipped: the fused update
+            if self.engine is not None:
+                self.engine.step()
             for key, value in logs.items():
                 totals[key] = totals.get(key, 0.0) + value / len(parts)
         return totals

@@ -182,7 +182,8 @@ def train_stage(
         for batch in bar:
             batch = {k: v.to(runtime.device) for k, v in batch.items()}
             try:
-                logs = trainer.step(objective, batch, ctx)
+                with runtime.guard(f"{stage_name} epoch {state.epoch} step {state.epoch_steps}"):
+                    logs = trainer.step(objective, batch, ctx)
             except FloatingPointError as exc:
                 raise FloatingPointError(f"stage {stage_name}, epoch {state.epoch}, step {state.epoch_steps}: {exc}") from None
             state.global_step += 1
@@ -201,7 +202,7 @@ def train_stage(
         train_seconds = time.time() - epoch_start
 
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), runtime.guard(f"{stage_name} validation after epoch {state.epoch}"):
             state.metric_name, value, valid = validate(trainer)
         row = {
             "stage": stage_name, "epoch": state.epoch, "steps": state.epoch_steps,

@@ -14,6 +14,7 @@ training state. The training state is world-size independent and pickle-free:
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Callable
 
@@ -93,6 +94,9 @@ class LocalRuntime:
 
     def barrier(self, what: str) -> None:
         pass
+
+    def guard(self, what: str):
+        return contextlib.nullcontext()
 
     def build_model(self, cfg: ModelConfig, num_items: int, seed: int, stage: StageConfig) -> DPRModel:
         return build_model(cfg, num_items, seed=seed).to(self.device)

@@ -69,6 +69,24 @@ def start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Pope
                             start_new_session=True, text=True)
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a launcher and every process below it (torchrun starts its ranks in sessions of their
+    own, so killing the launcher's process group would leave them running)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(proc.pid)
+        victims = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        return
+    for victim in victims:
+        try:
+            victim.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+
+
 def run(cmd: list[str], timeout: float, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, env=worker_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
