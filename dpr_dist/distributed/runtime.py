@@ -56,10 +56,11 @@ class DistributedRuntime:
         """A failed collective inside becomes a DistributedTimeoutError saying ``what`` was waiting."""
         return collective_guard(what)
 
-    def build_model(self, cfg: ModelConfig, num_items: int, seed: int, stage: StageConfig) -> DPRModel:
+    def build_model(self, cfg: ModelConfig, num_items: int, seed: int, stage: StageConfig,
+                    fixed_columns: Tensor | None = None) -> DPRModel:
         table = ShardedItemTable(
             num_items, cfg.hidden, sharding=self.cfg.sharding, optimizer=self.cfg.table_optimizer,
-            lr=stage.item_lr, seed=seed, device=str(self.device),
+            lr=stage.item_lr, seed=seed, device=str(self.device), fixed_columns=fixed_columns,
         )
         return build_model(cfg, num_items, seed=seed, item_table=table).to(self.device)
 

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from dpr_dist.modules.catalogue import CHUNK_ROWS as SCORE_CHUNK_ROWS
 from dpr_dist.modules.catalogue import merge_topk, stack_logsumexp
-from dpr_dist.modules.item_init import BLOCK_ROWS, initial_rows
+from dpr_dist.modules.item_init import BLOCK_ROWS, check_fixed_columns, initial_rows, with_fixed_columns
 from dpr_dist.modules.item_table import PAD_ID, ItemTable
 
 SHARDING_TYPES = ("row_wise", "table_wise", "column_wise")
@@ -87,6 +87,7 @@ class ShardedItemTable(ItemTable):
         device: str = "cpu",
         gather_limit_rows: int = DEFAULT_GATHER_LIMIT_ROWS,
         deferred_update: bool = True,
+        fixed_columns: Tensor | None = None,
     ) -> None:
         super().__init__()
         if num_items < 1 or dim < 1:
@@ -99,6 +100,10 @@ class ShardedItemTable(ItemTable):
             raise RuntimeError("ShardedItemTable needs a process group: call dpr_dist.distributed.env.init_distributed() first")
         if init_weight is not None and tuple(init_weight.shape) != (num_items + 1, dim):
             raise ValueError(f"init_weight shape {tuple(init_weight.shape)} != (num_items + 1, dim) = {(num_items + 1, dim)}")
+        check_fixed_columns(fixed_columns, num_items + 1, dim)
+        if fixed_columns is not None and not deferred_update:
+            raise ValueError("fixed_columns need deferred_update=True (their gradient is cut before the fused update)")
+        self.fixed = 0 if fixed_columns is None else fixed_columns.shape[1]
         self.sharding = sharding
         self.gather_limit_rows = gather_limit_rows
         self.deferred_update = deferred_update
@@ -107,7 +112,7 @@ class ShardedItemTable(ItemTable):
         self._device = torch.device(device)
         self.collection = _build_sharded_collection(self._num_rows, dim, sharding, optimizer, lr, eps, self._device)
         self._shards, self._full_width = _local_shards(self.weight_shards_tensor(), dim)
-        self._initialise(init_weight, seed)
+        self._initialise(init_weight, seed, fixed_columns)
 
     # ---- ItemTable interface -------------------------------------------------------------------
     @property
@@ -158,6 +163,8 @@ class ShardedItemTable(ItemTable):
         ids = torch.cat([i for i, _ in self._pending]) if self._pending else empty_ids
         grads = [v.grad if v.grad is not None else torch.zeros_like(v) for _, v in self._pending]
         grad = torch.cat(grads) if grads else torch.zeros(0, self._dim, device=self._device)
+        if self.fixed:
+            grad[:, self._dim - self.fixed :] = 0.0  # fixed feature columns never train
         self._pending.clear()
         with torch.enable_grad():
             replay = self._collection_lookup(ids)
@@ -306,7 +313,7 @@ class ShardedItemTable(ItemTable):
         return matches[0]
 
     @torch.no_grad()
-    def _initialise(self, init_weight: Tensor | None, seed: int) -> None:
+    def _initialise(self, init_weight: Tensor | None, seed: int, fixed_columns: Tensor | None) -> None:
         # Block by block, so the transient memory is one block, not a second copy of the shard.
         for shard in self._shards:
             for lo in range(shard.row_start, shard.row_end, BLOCK_ROWS):
@@ -315,6 +322,8 @@ class ShardedItemTable(ItemTable):
                     rows = init_weight[lo:hi]
                 else:
                     rows = initial_rows(lo, hi, self._num_rows, self._dim, seed)
+                if fixed_columns is not None:
+                    rows = with_fixed_columns(rows, fixed_columns[lo:hi])
                 shard.tensor[lo - shard.row_start : hi - shard.row_start] = rows[:, shard.col_start : shard.col_end]
             if shard.row_start <= PAD_ID < shard.row_end:
                 shard.tensor[PAD_ID - shard.row_start].zero_()

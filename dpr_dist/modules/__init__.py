@@ -12,14 +12,18 @@ from .routing import NEGATIVE, NO_CLAUSE, POSITIVE, UNLABELLED
 
 
 def build_model(
-    cfg: ModelConfig, num_items: int, seed: int = 0, item_table: ItemTable | None = None, sparse_table: bool = False
+    cfg: ModelConfig, num_items: int, seed: int = 0, item_table: ItemTable | None = None, sparse_table: bool = False,
+    fixed_columns: torch.Tensor | None = None,
 ) -> DPRModel:
     """A registry backbone and the steering modules around ``item_table`` (default: a PlainItemTable).
 
     The table is built first: its rows are seeded on their own (dpr_dist.modules.item_init), and the
     dense modules are then drawn from ``seed`` alone, so every rank and every kind of table starts
-    from the same weights."""
-    table = item_table if item_table is not None else PlainItemTable(num_items, cfg.hidden, sparse=sparse_table, seed=seed)
+    from the same weights. ``fixed_columns`` [N+1, k]: untrained feature columns of the plain table
+    (ModelConfig.tag_features)."""
+    if item_table is None:
+        item_table = PlainItemTable(num_items, cfg.hidden, sparse=sparse_table, seed=seed, fixed_columns=fixed_columns)
+    table = item_table
     torch.manual_seed(seed)
     return DPRModel(build_backbone(cfg), table, cfg)
 

@@ -36,6 +36,12 @@ class ModelConfig:
     router_hidden: int = 64           # hidden width of the router gate over [h; t]
     routing: str = "learned"          # "learned" (soft gate) | "hard" (polarity label picks the group)
     fusion_gate: str = "scalar"       # g(h, z): one sigmoid per clause, or one per dimension
+    # Ours, beyond DPR_SPEC (off = the spec): the last T of the item table's d columns hold each
+    # item's tag indicators (x tag_feature_scale) and are never trained. Scores stay E u, but a
+    # steering vector can then raise every item of a tag by the same amount, which a learned
+    # embedding alone encodes only approximately (the hard filter is in reach of the model).
+    tag_features: bool = False
+    tag_feature_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_choice("routing", self.routing, ROUTING_MODES)

@@ -54,3 +54,18 @@ def initial_rows(row_start: int, row_end: int, num_rows: int, dim: int, seed: in
 def initial_weight(num_rows: int, dim: int, seed: int) -> Tensor:
     """The whole seeded table: for the single-process path and for tests (small catalogues)."""
     return initial_rows(0, num_rows, num_rows, dim, seed)
+
+
+def check_fixed_columns(fixed: Tensor | None, num_rows: int, dim: int) -> None:
+    if fixed is None:
+        return
+    if fixed.dim() != 2 or fixed.shape[0] != num_rows or not 0 < fixed.shape[1] < dim:
+        raise ValueError(f"fixed_columns must be [{num_rows}, k] with 0 < k < dim={dim}, got {tuple(fixed.shape)}")
+
+
+def with_fixed_columns(rows: Tensor, fixed: Tensor) -> Tensor:
+    """rows [n, d] with their last k columns replaced by ``fixed`` [n, k] (item features that are
+    part of the embedding but never trained, e.g. genre indicators: ModelConfig.tag_features)."""
+    rows = rows.clone()
+    rows[:, rows.shape[1] - fixed.shape[1] :] = fixed.to(rows.dtype)
+    return rows

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from dpr_dist.common.schema import PAD_ID  # row 0 is padding: always zero, never trained
 from dpr_dist.modules import catalogue
-from dpr_dist.modules.item_init import initial_weight
+from dpr_dist.modules.item_init import check_fixed_columns, initial_weight, with_fixed_columns
 
 
 class ItemTable(nn.Module, abc.ABC):
@@ -137,16 +137,23 @@ class PlainItemTable(ItemTable):
     rows as a sharded table with that seed (dpr_dist.modules.item_init), so both paths start alike.
     """
 
-    def __init__(self, num_items: int, dim: int, sparse: bool = False, seed: int = 0) -> None:
+    def __init__(self, num_items: int, dim: int, sparse: bool = False, seed: int = 0,
+                 fixed_columns: Tensor | None = None) -> None:
         super().__init__()
         if num_items < 1 or dim < 1:
             raise ValueError(f"PlainItemTable needs num_items >= 1 and dim >= 1, got {num_items}, {dim}")
+        check_fixed_columns(fixed_columns, num_items + 1, dim)
+        self.fixed = 0 if fixed_columns is None else fixed_columns.shape[1]
         self.embedding = nn.Embedding(num_items + 1, dim, padding_idx=PAD_ID, sparse=sparse)
+        weight = initial_weight(num_items + 1, dim, seed)
+        if fixed_columns is not None:
+            weight = with_fixed_columns(weight, fixed_columns)
         with torch.no_grad():
-            self.embedding.weight.copy_(initial_weight(num_items + 1, dim, seed))
+            self.embedding.weight.copy_(weight)
         # padding_idx only stops the lookup gradient; scoring also reaches row 0 (column 0 of the
-        # logits), so its gradient is cut here to keep the padding row zero under any optimizer.
-        self.embedding.weight.register_hook(_zero_padding_row_grad)
+        # logits), so its gradient is cut here to keep the padding row zero under any optimizer;
+        # fixed feature columns get no gradient either (as the sharded table cuts it).
+        self.embedding.weight.register_hook(lambda grad: _cut_grad(grad, self.fixed))
 
     @property
     def num_rows(self) -> int:
@@ -180,7 +187,15 @@ class PlainItemTable(ItemTable):
             yield lo, queries @ weight[lo : lo + catalogue.CHUNK_ROWS].T
 
 
-def _zero_padding_row_grad(grad: Tensor) -> Tensor | None:
+def _cut_grad(grad: Tensor, fixed: int) -> Tensor | None:
     if grad.is_sparse:  # only lookups give sparse gradients, and padding_idx already drops row 0
-        return None
-    return grad.index_fill(0, torch.tensor([PAD_ID], device=grad.device), 0.0)
+        if not fixed:
+            return None
+        grad = grad.coalesce()
+        values = grad.values().clone()
+        values[:, values.shape[1] - fixed :] = 0.0
+        return torch.sparse_coo_tensor(grad.indices(), values, grad.shape)
+    grad = grad.index_fill(0, torch.tensor([PAD_ID], device=grad.device), 0.0)
+    if fixed:
+        grad[:, grad.shape[1] - fixed :] = 0.0
+    return grad

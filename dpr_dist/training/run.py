@@ -77,6 +77,16 @@ def make_runtime(cfg: TrainConfig):
     return LocalRuntime(cfg.device)
 
 
+def tag_features(cfg: TrainConfig, prepared: Prepared) -> torch.Tensor | None:
+    """The item table's fixed tag columns (ModelConfig.tag_features), or None."""
+    if not cfg.model.tag_features:
+        return None
+    tags = len(prepared.tag_names)
+    if tags >= cfg.model.hidden:
+        raise ValueError(f"model.tag_features needs model.hidden > the {tags} tags of {prepared.root}, got {cfg.model.hidden}")
+    return prepared.item_tag.to(torch.float32) * cfg.model.tag_feature_scale
+
+
 def load_model(checkpoint_dir: str | Path, prepared: Prepared | None = None) -> tuple[DPRModel, TrainConfig, dict]:
     """Rebuild a model from a stage checkpoint (its own config says how), on one process."""
     state, config, metrics = load_checkpoint(checkpoint_dir)
@@ -188,7 +198,7 @@ def run_stages(cfg: TrainConfig, stages=STAGE_ORDER, prepared: Prepared | None =
             if runtime.is_main:
                 print(f"[{stage}] up to date: {stage_dir} (same configuration, data and starting checkpoint)")
             continue
-        model = runtime.build_model(cfg.model, prepared.num_items, cfg.seed, st)
+        model = runtime.build_model(cfg.model, prepared.num_items, cfg.seed, st, fixed_columns=tag_features(cfg, prepared))
         if previous:
             load_checkpoint(previous)  # verifies the checksums, names a corrupt or partial checkpoint
             runtime.load_weights(model, previous / WEIGHTS)

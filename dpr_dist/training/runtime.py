@@ -98,8 +98,9 @@ class LocalRuntime:
     def guard(self, what: str):
         return contextlib.nullcontext()
 
-    def build_model(self, cfg: ModelConfig, num_items: int, seed: int, stage: StageConfig) -> DPRModel:
-        return build_model(cfg, num_items, seed=seed).to(self.device)
+    def build_model(self, cfg: ModelConfig, num_items: int, seed: int, stage: StageConfig,
+                    fixed_columns: Tensor | None = None) -> DPRModel:
+        return build_model(cfg, num_items, seed=seed, fixed_columns=fixed_columns).to(self.device)
 
     def stage_trainer(self, model: DPRModel, stage: StageConfig) -> "LocalStageTrainer":
         return LocalStageTrainer(model, stage)

@@ -1,0 +1,128 @@
+"""Quality on a real data set: both backbones x several seeds, three stages each, every task against
+every baseline, then means and spread over the seeds next to the goals of DPR_SPEC.md.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_quality.py --train-config configs/train/ml-1m.yaml \
+        --data-dir data/ml-1m --backbones sasrec gru4rec --seeds 0 1 2 --out runs/bench-ml1m
+
+Hours on 2 CPU cores. Resumable: a finished stage of a run is skipped (same fingerprint), an
+interrupted one resumes from its last state, a finished evaluation is kept; rerun the same command
+after an interruption. Each run is a subprocess (``launch.train``, then ``launch.evaluate`` on the
+TEST split; model selection uses validation only). Writes ``<out>/summary.json`` and
+``<out>/summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dpr_dist.common.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
+from dpr_dist.eval.report import aggregate_seeds  # noqa: E402
+
+# (task, method, metric) rows of the summary; the goal column quotes DPR_SPEC.md.
+ROWS = [
+    ("standard", "popularity", "ndcg@10", ""),
+    ("standard", "backbone", "ndcg@10", "SASRec >= 0.18"),
+    ("standard", "dpr", "ndcg@10", ">= 0.19, never below the backbone (paper 0.1838)"),
+    ("positive", "popularity+filter", "ndcg@10", ""),
+    ("positive", "backbone", "ndcg@10", ""),
+    ("positive", "hard_filter", "ndcg@10", ""),
+    ("positive", "rerank@50", "ndcg@10", ""),
+    ("positive", "rerank@200", "ndcg@10", ""),
+    ("positive", "dpr_hard", "ndcg@10", ""),
+    ("positive", "dpr", "ndcg@10", ">= 1.7x hard filter (paper: up to +71.84%)"),
+    ("negative", "backbone", "recall@10", ""),
+    ("negative", "hard_filter", "recall@10", ""),
+    ("negative", "rerank@200", "recall@10", ""),
+    ("negative", "dpr", "recall@10", ">= 0.2076 and above the hard filter (paper 0.2076)"),
+    ("negative", "dpr+filter", "recall@10", ""),
+    ("negative", "backbone", "violation@10", ""),
+    ("negative", "dpr", "violation@10", "<= 1%"),
+    ("negative", "dpr+filter", "violation@10", "0%"),
+    ("combined", "hard_filter", "ndcg@10", ""),
+    ("combined", "dpr", "ndcg@10", ""),
+    ("combined", "dpr", "violation@10", ""),
+]
+
+
+def run(cmd: list[str], log: Path) -> None:
+    with open(log, "a") as fh:
+        fh.write(f"\n$ {' '.join(cmd)}\n")
+        fh.flush()
+        done = subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}); see {log}")
+
+
+def one_run(args, backbone: str, seed: int) -> dict:
+    out = args.out / f"{backbone}-s{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    sets = [f"model.backbone={backbone}", f"seed={seed}", f"out_dir={out}", f"data_dir={args.data_dir}",
+            *args.set]
+    run([sys.executable, "-m", "launch.train", "--config", str(args.train_config),
+         *sum((["--set", s] for s in sets), [])], out / "run.log")
+    report = out / "report" / "report.json"
+    steer = out / "steer" / "COMPLETE"
+    if not report.exists() or report.stat().st_mtime < steer.stat().st_mtime:
+        run([sys.executable, "-m", "launch.evaluate", "--checkpoint", str(out / "steer"),
+             "--out", str(out / "report"), "--split", "test"], out / "run.log")
+    return json.loads(report.read_text())
+
+
+def value(results: dict, task: str, method: str, metric: str):
+    return results.get(task, {}).get("all", {}).get(method, {}).get(metric)
+
+
+def summarise(reports: dict[str, list[dict]]) -> tuple[dict, str]:
+    summary, lines = {}, []
+    for backbone, runs in reports.items():
+        rows = {}
+        for task, method, metric, _ in ROWS:
+            got = [value(r["results"], task, method, metric) for r in runs]
+            if all(v is not None for v in got):
+                rows[f"{task}/{method}/{metric}"] = aggregate_seeds(got)
+        ratio = [value(r["results"], "positive", "dpr", "ndcg@10") / value(r["results"], "positive", "hard_filter", "ndcg@10")
+                 for r in runs]
+        rows["positive/dpr_over_hard_filter"] = aggregate_seeds(ratio)
+        summary[backbone] = {"seeds": [r["seed"] for r in runs], "rows": rows}
+    for backbone, data in summary.items():
+        lines += [f"### {backbone} (seeds {', '.join(map(str, data['seeds']))}; mean ± std)", "",
+                  "| task | method | metric | value | goal |", "|---|---|---|---|---|"]
+        for task, method, metric, goal in ROWS:
+            cell = data["rows"].get(f"{task}/{method}/{metric}")
+            if cell:
+                lines.append(f"| {task} | {method} | {metric} | {cell['mean']:.4f} ± {cell['std']:.4f} | {goal} |")
+        r = data["rows"]["positive/dpr_over_hard_filter"]
+        lines += [f"| positive | dpr / hard_filter | ratio | {r['mean']:.3f} ± {r['std']:.3f} | >= 1.7 |", ""]
+    return summary, "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train-config", type=Path, default=REPO / "configs/train/ml-1m.yaml")
+    ap.add_argument("--data-dir", type=Path, default=REPO / "data/ml-1m")
+    ap.add_argument("--backbones", nargs="+", default=["sasrec", "gru4rec"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--out", type=Path, default=REPO / "runs/bench-ml1m")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra training override")
+    args = ap.parse_args(argv)
+    args.out = args.out.resolve()
+    reports: dict[str, list[dict]] = {}
+    for backbone in args.backbones:
+        for seed in args.seeds:
+            reports.setdefault(backbone, []).append(one_run(args, backbone, seed))
+            summary, markdown = summarise(reports)
+            write_json_atomic(args.out / "summary.json", summary)
+            write_bytes_atomic(args.out / "summary.md", markdown.encode())
+            print(markdown, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
