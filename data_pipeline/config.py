@@ -66,6 +66,7 @@ class DataConfig:
     steer_cases_per_user: int = 8     # training positions sampled per user for the steer stage
     heldout_fraction: float = 0.5     # share of evaluation prompts phrased with held-out templates
     max_users: int | None = None      # keep only the first N users (by dense id): small runs
+    catalogue: str = "interactions"   # items that occur (DPR_SPEC) | all_items: every item of the metadata (ours)
     # Sharding.
     samples_per_shard: int = 2_000
     num_partitions: int = 4           # users are split into this many partitions, one Ray task each

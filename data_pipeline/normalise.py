@@ -64,6 +64,9 @@ def sort_original_ids(ids) -> list[str]:
     return unique
 
 
+CATALOGUES = ("interactions", "all_items")
+
+
 def normalise(raw: RawData, cfg: DataConfig) -> Catalog:
     """Remap ids, apply the bad-input policies of ``cfg`` and build sequences and tag matrix.
 
@@ -74,6 +77,8 @@ def normalise(raw: RawData, cfg: DataConfig) -> Catalog:
     items_without_tags (catalogue items with no tag; they never yield a positive case).
     """
     _check_config(cfg)
+    if cfg.catalogue not in CATALOGUES:
+        raise ValueError(f"catalogue {cfg.catalogue!r}; allowed: {', '.join(CATALOGUES)}")
     where = _source_label(raw)
     events = raw.events.loc[:, ["user", "item", "order", "source_row"]]
     _check_missing(events, where)
@@ -101,7 +106,10 @@ def normalise(raw: RawData, cfg: DataConfig) -> Catalog:
     user_ids = pd.Series(np.arange(1, len(kept_users) + 1, dtype=np.int64), index=kept_users)
     events = events[events["user"].isin(user_ids.index)]
 
-    items = _catalogue(events["item"].unique(), item_meta)
+    # DPR_SPEC: the catalogue is the items that occur; "all_items" (ours) keeps every item of the
+    # metadata, never-consumed ones included (cold items; catalogue-scaling benchmarks).
+    used = events["item"].unique()
+    items = _catalogue(np.union1d(used, item_meta.index.to_numpy()) if cfg.catalogue == "all_items" else used, item_meta)
     tags = sorted({t for tag_list in items["tags"] for t in tag_list})
     item_index = pd.Series(items["item_id"].to_numpy(), index=items["original_id"].to_numpy())
     sequences = _sequences(events, user_ids, item_index)
@@ -257,8 +265,10 @@ def _sequences(
 
 
 def _tag_matrix(item_tags: pd.Series, tags: list[str]) -> np.ndarray:
-    index = {t: k for k, t in enumerate(tags)}
+    lengths = item_tags.map(len).to_numpy()
+    flat = [t for tag_list in item_tags for t in tag_list]
     matrix = np.zeros((len(item_tags) + 1, len(tags)), dtype=bool)
-    for row, tag_list in enumerate(item_tags, start=1):
-        matrix[row, [index[t] for t in tag_list]] = True
+    if flat:
+        rows = np.repeat(np.arange(1, len(item_tags) + 1), lengths)
+        matrix[rows, pd.Categorical(flat, categories=tags).codes] = True
     return matrix

@@ -92,6 +92,13 @@ def two_ranks(tiny_prepared, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def reference_with_tag_features(tiny_prepared, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference_tags")
+    assert train.main(train_args(tiny_prepared, out, ["distributed.mode=reference", "model.tag_features=true"])) == 0
+    return out
+
+
 def test_the_reference_run_trains_what_each_stage_trains(reference):
     # So that agreeing with it means something: every stage moved the groups it trains.
     first = torch.as_tensor(initial_weight(*params(reference, "warmup")["item_table.embedding.weight"].shape, 0))
@@ -119,6 +126,18 @@ def test_two_ranks_train_like_the_reference(reference, two_ranks, tiny_prepared,
     steps = [json.loads(line) for line in (run / "warmup" / "steps.jsonl").read_text().splitlines()]
     assert [row["step"] for row in steps] == list(range(2, 2 * len(steps) + 1, 2)) and "loss" in steps[0]
     assert list((run / "tensorboard" / "warmup").glob("events.out.tfevents.*"))
+
+
+def test_fixed_tag_columns_stay_fixed_and_train_like_the_reference(reference_with_tag_features, tiny_prepared, tmp_path):
+    from dpr_dist.data.prepared import load_prepared
+
+    run = tmp_path / "run"
+    launch(runner.deepspeed_train_cmd(train_args(tiny_prepared, run, ["model.tag_features=true"]), 2))
+    assert_same_run(run, reference_with_tag_features, TOL)
+    tags = load_prepared(tiny_prepared).item_tag.float()
+    for stage in STAGE_ORDER:
+        weight = params(run, stage)["item_table.embedding.weight"]
+        assert torch.equal(weight[:, -tags.shape[1]:], tags)
 
 
 def test_two_torchrun_nodes_train_like_one_node_with_two_ranks(two_ranks, tiny_prepared, tmp_path):

@@ -296,3 +296,30 @@ def test_warmup_path_learns_a_successor_rule(backbone):
     accuracy = (scores.argmax(dim=1) == seq[:, -1]).float().mean().item()
     assert accuracy > 0.9
     assert torch.equal(model.item_table.embedding.weight[0], torch.zeros(16))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fixed_feature_columns_never_train(sparse):
+    """ModelConfig.tag_features: the last k columns of the table hold given features and get no
+    gradient from lookups or scoring; the other columns train."""
+    from dpr_dist.optim import RowWiseAdagrad
+
+    fixed = (torch.rand(NUM_ITEMS + 1, 3, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    fixed[0] = 0
+    table = PlainItemTable(NUM_ITEMS, 16, sparse=sparse, fixed_columns=fixed)
+    assert torch.equal(table.embedding.weight[:, -3:], fixed)
+    before = table.embedding.weight.detach().clone()
+    opt = RowWiseAdagrad(table.parameters(), lr=0.1)
+    u = torch.randn(4, 16)
+    for _ in range(3):
+        opt.zero_grad()
+        loss = table.lookup(torch.tensor([[1, 2, 3]])).pow(2).sum()
+        if not sparse:  # scoring touches every row (dense gradient)
+            loss = loss + table.score_all(u).logsumexp(-1).sum()
+        loss.backward()
+        opt.step()
+    after = table.embedding.weight.detach()
+    assert torch.equal(after[:, -3:], fixed)
+    assert (after[1:4, :-3] - before[1:4, :-3]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"fixed_columns must be \[41, k\] with 0 < k < dim=16"):
+        PlainItemTable(NUM_ITEMS, 16, fixed_columns=torch.zeros(NUM_ITEMS + 1, 16))

@@ -230,3 +230,15 @@ def test_repeated_and_empty_tag_names_are_cleaned():
     assert list(cat.items["tags"]) == [["Comedy", "Action"], ["Drama"], []]
     assert cat.tags == ["Action", "Comedy", "Drama"]
     assert cat.item_tag_matrix[1].tolist() == [True, True, False]
+
+
+def test_catalogue_of_all_items_keeps_never_consumed_items_and_their_tags():
+    raw = make_raw([("u", "1", 0), ("u", "2", 1), ("u", "9", 2)], ITEMS)
+    used = normalise(raw, cfg())
+    everything = normalise(raw, cfg(catalogue="all_items"))
+    assert list(used.items["original_id"]) == ["1", "2", "9"]
+    assert list(everything.items["original_id"]) == ["1", "2", "9", "10", "100"]
+    assert everything.item_tag_matrix[5].tolist() == [True, False, False]  # item "100": Action
+    assert originals(everything, "u") == ["1", "2", "9"]
+    with pytest.raises(ValueError, match="catalogue 'some'; allowed: interactions, all_items"):
+        normalise(raw, cfg(catalogue="some"))

@@ -74,24 +74,36 @@ def _check_ids(frame: pd.DataFrame, column: str, first: int, path: Path) -> None
 
 
 def item_tag_matrix(items: pd.DataFrame, tag_names: list[str], path: Path) -> torch.Tensor:
-    """Bool ``[N+1, T]``: item id i carries tag t. Unknown tag names are an error naming the item."""
-    index = {name: i for i, name in enumerate(tag_names)}
+    """Bool ``[N+1, T]``: item id i carries tag t. Unknown tag names are an error naming the item.
+    Vectorised (one pass over the flattened tag lists): catalogues reach tens of millions of items."""
+    tags = items["tags"]
+    lengths = tags.map(len).to_numpy()
+    flat = np.concatenate([np.asarray(t, dtype=object) for t in tags]) if len(tags) else np.zeros(0, dtype=object)
+    item_ids = np.repeat(items["item_id"].to_numpy(), lengths)
+    codes = pd.Categorical(flat, categories=tag_names).codes if len(flat) else np.zeros(0, dtype=np.int64)
+    unknown = np.flatnonzero(codes < 0)
+    if len(unknown):
+        i = unknown[0]
+        raise PreparedDataError(f"{path}: item {item_ids[i]} has tag {flat[i]!r}, not in manifest tags")
     matrix = torch.zeros(len(items) + 1, len(tag_names), dtype=torch.bool)
-    for item_id, tags in zip(items["item_id"].to_numpy(), items["tags"]):
-        for tag in tags:
-            if tag not in index:
-                raise PreparedDataError(f"{path}: item {item_id} has tag {tag!r}, not in manifest tags")
-            matrix[int(item_id), index[tag]] = True
+    matrix[torch.from_numpy(item_ids.astype(np.int64)), torch.from_numpy(codes.astype(np.int64))] = True
     return matrix
 
 
-def load_prepared(root: str | Path) -> Prepared:
+# What training needs of the item table; titles and texts are for evaluation and serving.
+TRAINING_ITEM_COLUMNS = ("item_id", "tags")
+
+
+def load_prepared(root: str | Path, item_columns: tuple[str, ...] | None = None) -> Prepared:
+    """The prepared tables; ``item_columns`` reads only those columns of the item table (training
+    passes TRAINING_ITEM_COLUMNS: a 20M-item catalogue's titles and texts need not be in memory)."""
     root = Path(root)
     manifest = read_manifest(root)
     items_path = _require(root / schema.ITEMS_NAME, "item table")
     prompts_path = _require(root / schema.PROMPTS_NAME, "prompt table")
     emb_path = _require(root / schema.PROMPT_EMB_NAME, "prompt embeddings")
-    items = pd.read_parquet(items_path).sort_values("item_id", kind="stable").reset_index(drop=True)
+    items = pd.read_parquet(items_path, columns=list(item_columns) if item_columns else None)
+    items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
     prompts = pd.read_parquet(prompts_path).sort_values("prompt_id", kind="stable").reset_index(drop=True)
     _check_ids(items, "item_id", 1, items_path)
     _check_ids(prompts, "prompt_id", 0, prompts_path)

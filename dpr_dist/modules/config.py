@@ -37,9 +37,10 @@ class ModelConfig:
     routing: str = "learned"          # "learned" (soft gate) | "hard" (polarity label picks the group)
     fusion_gate: str = "scalar"       # g(h, z): one sigmoid per clause, or one per dimension
     # Ours, beyond DPR_SPEC (off = the spec): the last T of the item table's d columns hold each
-    # item's tag indicators (x tag_feature_scale) and are never trained. Scores stay E u, but a
-    # steering vector can then raise every item of a tag by the same amount, which a learned
-    # embedding alone encodes only approximately (the hard filter is in reach of the model).
+    # item's tag indicators (x tag_feature_scale) and are never trained; the backbone works in the
+    # other d - T (its states are zero on the tag columns, so without a prompt nothing changes).
+    # Scores stay E u, but a steering delta can then raise every item of a tag by the same amount,
+    # which learned embeddings encode only approximately: the hard filter is within the model's reach.
     tag_features: bool = False
     tag_feature_scale: float = 1.0
 

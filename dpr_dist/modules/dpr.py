@@ -51,7 +51,16 @@ class DPRModel(nn.Module):
         Histories longer than max_len keep their max_len most recent items (L' = min(L, max_len)).
         """
         hist = hist[:, -self.cfg.max_len :]
-        H = self.backbone(self.item_table.lookup(hist), hist == PAD_ID)
+        emb = self.item_table.lookup(hist)
+        fixed = self.item_table.fixed
+        if fixed:
+            # Fixed tag columns (ModelConfig.tag_features) are a steering-only subspace: the backbone
+            # neither reads nor writes them, so without a prompt the scores are those of the
+            # learned columns alone, and only a prompt's delta can raise a whole tag.
+            emb = torch.cat([emb[..., :-fixed], torch.zeros_like(emb[..., -fixed:])], dim=-1)
+        H = self.backbone(emb, hist == PAD_ID)
+        if fixed:
+            H = torch.cat([H[..., :-fixed], torch.zeros_like(H[..., -fixed:])], dim=-1)
         return H, H[:, -1]
 
     def project_prompt(self, t: Tensor) -> Tensor:

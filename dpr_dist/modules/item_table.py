@@ -31,6 +31,8 @@ class ItemTable(nn.Module, abc.ABC):
     # the table leaves it bit-identical even if its optimizer still steps (fused tables update
     # inside backward and ignore requires_grad; see DPR_SPEC.md "Training stages").
     frozen: bool = False
+    # The last ``fixed`` columns hold given item features and are never trained (tag_features).
+    fixed: int = 0
 
     @property
     @abc.abstractmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -231,6 +232,9 @@ def train_stage(
     if state.best_epoch < 0:  # no epoch ran, or validation never gave a number: keep what there is
         runtime.save_weights(model, best_path)
 
+    peak = torch.zeros(runtime.world_size, dtype=torch.float64)
+    peak[runtime.rank] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    peak = runtime.all_reduce(peak)
     metrics = {
         "stage": stage_name,
         "best_epoch": state.best_epoch,
@@ -240,6 +244,8 @@ def train_stage(
         "seconds": round(state.seconds, 2),
         "fingerprint": fingerprint,
         "world_size": runtime.world_size,
+        "peak_rss_mib_per_rank": [round(x, 1) for x in peak.tolist()],
+        "seconds_per_step": round(sum(r["train_seconds"] for r in state.history) / max(1, sum(r["steps"] for r in state.history)), 4),
         "history": state.history,
         **(extra_metrics or {}),
     }

@@ -25,7 +25,7 @@ from dpr_dist import losses
 from dpr_dist.common import schema
 from dpr_dist.common.atomic import sha256_file
 from dpr_dist.common.configio import from_dict
-from dpr_dist.data.prepared import Prepared, load_prepared
+from dpr_dist.data.prepared import TRAINING_ITEM_COLUMNS, Prepared, load_prepared
 from dpr_dist.data.reader import shard_loader
 from dpr_dist.eval import baselines
 from dpr_dist.modules import DPRModel, build_model
@@ -176,7 +176,7 @@ def run_stages(cfg: TrainConfig, stages=STAGE_ORDER, prepared: Prepared | None =
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     runtime = runtime or make_runtime(cfg)
-    prepared = prepared or load_prepared(cfg.data_dir)
+    prepared = prepared or load_prepared(cfg.data_dir, item_columns=TRAINING_ITEM_COLUMNS)
     dim = int(prepared.prompt_embeddings.shape[1])
     if cfg.model.prompt_dim != dim:
         raise ValueError(
