@@ -29,7 +29,7 @@ from dpr_dist.modules import ModelConfig, build_model  # noqa: E402
 from dpr_dist.training.config import StageConfig  # noqa: E402
 from dpr_dist.training.objectives import warmup_loss  # noqa: E402
 from dpr_dist.training.run import build_context, popularity  # noqa: E402
-from dpr_dist.optim.rowwise_adagrad import RowWiseAdagrad  # noqa: E402
+from dpr_dist.training.runtime import LocalStageTrainer  # noqa: E402
 
 
 def run_variant(name: str, prepared, args) -> dict:
@@ -38,14 +38,26 @@ def run_variant(name: str, prepared, args) -> dict:
                       attention_impl=attention, prompt_dim=int(prepared.prompt_embeddings.shape[1]))
     torch.manual_seed(0)
     model = build_model(cfg, prepared.num_items)
-    stage = StageConfig(loss="sampled" if name == "fused-sampled" else "full", num_negatives=256)
+    stage = StageConfig(loss="sampled" if name == "fused-sampled" else "full", num_negatives=256,
+                        train=["backbone", "item_table"])
     ctx = build_context(prepared, popularity(prepared), "cpu")
-    table = list(model.item_table.parameters())
-    dense = [p for p in model.parameters() if all(p is not t for t in table)]
     if name == "plain":
-        opts = [torch.optim.Adam(model.parameters(), lr=1e-3)]
+        # The straightforward loop: score the whole catalogue at every position, one Adam.
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step(batch):
+            H, _ = model.encode_history(batch["hist"])
+            keep = batch["labels"] > 0
+            scores = model.item_table.score_all(H[keep])
+            loss = torch.nn.functional.cross_entropy(scores[:, 1:], batch["labels"][keep] - 1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     else:
-        opts = [torch.optim.AdamW(dense, lr=1e-3), RowWiseAdagrad(table, lr=0.05)]
+        trainer = LocalStageTrainer(model, stage)
+
+        def step(batch):
+            trainer.step(warmup_loss, batch, ctx)
     loader = shard_loader(prepared, "train", schema.STAGE_WARMUP, global_batch=args.batch_size,
                           max_len=args.max_len, seed=0, shuffle=True)
     batches = []
@@ -57,12 +69,7 @@ def run_variant(name: str, prepared, args) -> dict:
     times = []
     for i, batch in enumerate(batches):
         start = time.perf_counter()
-        loss, _ = warmup_loss(model, batch, stage, ctx)
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in opts:
-            opt.step()
+        step(batch)
         if i >= args.warmup_steps:
             times.append(time.perf_counter() - start)
     times.sort()

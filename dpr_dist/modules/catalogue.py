@@ -24,7 +24,7 @@ from torch import Tensor
 from dpr_dist.common.schema import PAD_ID
 
 CHUNK_ROWS = 65_536       # rows scored at once: bounds the [queries, chunk] score block
-KEEP_SCORES_LIMIT = 1 << 24  # score elements small enough to keep for backward instead of re-scoring
+KEEP_SCORES_LIMIT = 1 << 28  # score elements (1 GiB of float32) kept for backward instead of re-scored
 NO_ID = -1                # id of a filler top-k entry (fewer than k candidates); its value is -inf
 NEG_INF = float("-inf")
 
@@ -35,38 +35,39 @@ ExcludeFn = Callable[[Tensor, int], Tensor]
 
 
 # ---- log-sum-exp over a block ---------------------------------------------------------------------
-def _masks(row_start: int, n: int, block_tags: Tensor | None, tag_ids: Tensor | None, device) -> list[Tensor]:
-    """Bool [G, n] masks of the items each output row sums over: all, (tagged, untagged)."""
-    real = torch.ones(n, dtype=torch.bool, device=device)
-    if row_start <= PAD_ID < row_start + n:
-        real[PAD_ID - row_start] = False
-    if tag_ids is None:
-        return [real.unsqueeze(0)]
-    has_tag = (tag_ids >= 0).unsqueeze(1)                              # [G, 1]
-    tagged = block_tags[:, tag_ids.clamp(min=0)].T & has_tag & real    # [G, n]
-    return [real.unsqueeze(0), tagged, ~tagged & real]
+def _chunk_scores(queries: Tensor, rows: Tensor, row_start: int) -> Tensor:
+    """queries @ rows.T with the padding item's column at -inf (it is never part of a softmax)."""
+    scores = queries @ rows.T
+    if row_start <= PAD_ID < row_start + rows.shape[0]:
+        scores[:, PAD_ID - row_start] = NEG_INF
+    return scores
 
 
-def _masked_lse(scores: Tensor, mask: Tensor) -> Tensor:
-    return scores.masked_fill(~mask, NEG_INF).logsumexp(dim=1)
+def _tag_masks(block_tags: Tensor, tag_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Bool [G, n]: the items carrying each query's tag, and the others (-1 = no tag: all others)."""
+    tagged = block_tags[:, tag_ids.clamp(min=0)].T & (tag_ids >= 0).unsqueeze(1)
+    return tagged, ~tagged
 
 
 class _BlockLogSumExp(torch.autograd.Function):
+    """Rows of the output: ALL (every real item), and with tags TAGGED / UNTAGGED. The padding
+    column is -inf in the scores themselves, so it drops out of every sum and every gradient."""
+
     @staticmethod
     def forward(ctx, queries, rows, row_start, block_tags, tag_ids, chunk_rows):
         n = rows.shape[0]
-        outputs = 1 if tag_ids is None else 3
-        out = queries.new_full((outputs, queries.shape[0]), NEG_INF)
-        keep = queries.shape[0] * n <= KEEP_SCORES_LIMIT
+        out = queries.new_full((1 if tag_ids is None else 3, queries.shape[0]), NEG_INF)
+        keep = queries.shape[0] * n <= KEEP_SCORES_LIMIT  # small: keep the scores, skip re-scoring
         kept = []
         for lo in range(0, n, chunk_rows):
             hi = min(lo + chunk_rows, n)
-            scores = queries @ rows[lo:hi].T
+            scores = _chunk_scores(queries, rows[lo:hi], row_start + lo)
             if keep:
                 kept.append(scores)
-            tags = None if block_tags is None else block_tags[lo:hi]
-            for k, mask in enumerate(_masks(row_start + lo, hi - lo, tags, tag_ids, queries.device)):
-                out[k] = torch.logaddexp(out[k], _masked_lse(scores, mask))
+            out[ALL] = torch.logaddexp(out[ALL], scores.logsumexp(dim=1))
+            if tag_ids is not None:
+                for k, mask in zip((TAGGED, UNTAGGED), _tag_masks(block_tags[lo:hi], tag_ids)):
+                    out[k] = torch.logaddexp(out[k], scores.masked_fill(~mask, NEG_INF).logsumexp(dim=1))
         ctx.save_for_backward(queries, rows, out, *kept)
         ctx.meta = (row_start, block_tags, tag_ids, chunk_rows, keep)
         return out
@@ -81,14 +82,16 @@ class _BlockLogSumExp(torch.autograd.Function):
         for index, lo in enumerate(range(0, rows.shape[0], chunk_rows)):
             hi = min(lo + chunk_rows, rows.shape[0])
             block = rows[lo:hi]
-            scores = kept[index] if keep else queries @ block.T
-            tags = None if block_tags is None else block_tags[lo:hi]
-            coef = torch.zeros_like(scores)
-            for k, mask in enumerate(_masks(row_start + lo, hi - lo, tags, tag_ids, queries.device)):
-                # d lse_k / d s_ij = softmax_k(s)_ij on the items lse_k sums over, 0 elsewhere
-                # (where(), not a product: exp(s - (-inf)) of an empty row is inf).
-                prob = torch.where(mask, torch.exp(scores - out[k].unsqueeze(1)), 0.0)
-                coef = coef + grad_out[k].unsqueeze(1) * prob
+            scores = kept[index] if keep else _chunk_scores(queries, block, row_start + lo)
+            # d lse_k / d s_ij = softmax_k(s)_ij on the items lse_k sums over, 0 elsewhere.
+            # (an empty block, only the padding row, has lse -inf: shift by 0 instead, exp(-inf) = 0)
+            lse_all = torch.where(torch.isfinite(out[ALL]), out[ALL], torch.zeros_like(out[ALL]))
+            coef = torch.exp(scores - lse_all.unsqueeze(1)).mul_(grad_out[ALL].unsqueeze(1))
+            if tag_ids is not None:
+                for k, mask in zip((TAGGED, UNTAGGED), _tag_masks(block_tags[lo:hi], tag_ids)):
+                    # where(), not a product: exp(s - (-inf)) of an empty set is inf.
+                    prob = torch.where(mask, torch.exp(scores - out[k].unsqueeze(1)), 0.0)
+                    coef += grad_out[k].unsqueeze(1) * prob
             if want_q:
                 grad_q += coef @ block
             if want_rows:

@@ -244,6 +244,7 @@ def train_stage(
         "seconds": round(state.seconds, 2),
         "fingerprint": fingerprint,
         "world_size": runtime.world_size,
+        "item_table_fixed_columns": model.item_table.fixed,  # load_model rebuilds the table with them
         "peak_rss_mib_per_rank": [round(x, 1) for x in peak.tolist()],
         "seconds_per_step": round(sum(r["train_seconds"] for r in state.history) / max(1, sum(r["steps"] for r in state.history)), 4),
         "history": state.history,

@@ -91,10 +91,12 @@ def load_model(checkpoint_dir: str | Path, prepared: Prepared | None = None) -> 
     """Rebuild a model from a stage checkpoint (its own config says how), on one process."""
     state, config, metrics = load_checkpoint(checkpoint_dir)
     cfg = from_dict(TrainConfig, config, where=f"{checkpoint_dir}/config.yaml")
-    num_items = state["item_table.embedding.weight"].shape[0] - 1
+    weight = state["item_table.embedding.weight"]
+    num_items = weight.shape[0] - 1
     if prepared is not None and prepared.num_items != num_items:
         raise ValueError(f"{checkpoint_dir}: trained on {num_items} items, {prepared.root} has {prepared.num_items}")
-    model = build_model(cfg.model, num_items)
+    fixed = int(metrics.get("item_table_fixed_columns", 0))
+    model = build_model(cfg.model, num_items, fixed_columns=weight[:, weight.shape[1] - fixed :] if fixed else None)
     model.load_state_dict(state)
     model.eval()
     return model, cfg, metrics
