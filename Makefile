@@ -13,7 +13,7 @@ run: setup
 	$(PY) -m launch.run_all --data-config $(DATA_CONFIG) --train-config $(TRAIN_CONFIG)
 
 test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not benchmark" -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not benchmark" -q --durations=30
 
 # Long runs for BENCHMARKS.md (hours on 2 CPU cores).
 bench: setup

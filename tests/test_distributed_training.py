@@ -92,10 +92,13 @@ def two_ranks(tiny_prepared, tmp_path_factory) -> Path:
     return out
 
 
+TAG_OPTIONS = ("model.tag_features=true", "model.experts_read_history_tags=true")
+
+
 @pytest.fixture(scope="module")
 def reference_with_tag_features(tiny_prepared, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference_tags")
-    assert train.main(train_args(tiny_prepared, out, ["distributed.mode=reference", "model.tag_features=true"])) == 0
+    assert train.main(train_args(tiny_prepared, out, ["distributed.mode=reference", *TAG_OPTIONS])) == 0
     return out
 
 
@@ -132,7 +135,7 @@ def test_fixed_tag_columns_stay_fixed_and_train_like_the_reference(reference_wit
     from dpr_dist.data.prepared import load_prepared
 
     run = tmp_path / "run"
-    launch(runner.deepspeed_train_cmd(train_args(tiny_prepared, run, ["model.tag_features=true"]), 2))
+    launch(runner.deepspeed_train_cmd(train_args(tiny_prepared, run, list(TAG_OPTIONS)), 2))
     assert_same_run(run, reference_with_tag_features, TOL)
     tags = load_prepared(tiny_prepared).item_tag.float()
     for stage in STAGE_ORDER:

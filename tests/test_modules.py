@@ -178,12 +178,13 @@ def test_no_prompt_leaves_the_user_vector_bit_exact():
 
 def test_rows_without_clauses_keep_h_byte_for_byte_even_negative_zero():
     model = model_for()
-    H, h = model.encode_history(random_hist(2, 6, seed=10))
+    hist = random_hist(2, 6, seed=10)
+    H, h = model.encode_history(hist)
     h = h.detach().clone()
     h[:, 0] = -0.0  # -0.0 + 0.0 would be +0.0: "u == h" must hold for the bytes, not just the values
     pol = torch.tensor([[NO_CLAUSE], [POSITIVE]])
     with torch.no_grad():
-        u = model.steer(H, h, torch.zeros(2, 6, dtype=torch.bool), torch.randn(2, 1, PROMPT_DIM), pol).u
+        u = model.steer(H, h, hist, torch.randn(2, 1, PROMPT_DIM), pol).u
     assert u[0].numpy().tobytes() == h[0].numpy().tobytes()
 
 
@@ -323,3 +324,34 @@ def test_fixed_feature_columns_never_train(sparse):
     assert (after[1:4, :-3] - before[1:4, :-3]).abs().max() > 1e-3
     with pytest.raises(ValueError, match=r"fixed_columns must be \[41, k\] with 0 < k < dim=16"):
         PlainItemTable(NUM_ITEMS, 16, fixed_columns=torch.zeros(NUM_ITEMS + 1, 16))
+
+
+@pytest.mark.parametrize("reads_tags", [False, True])
+def test_experts_read_history_tags_only_when_asked(reads_tags):
+    """ModelConfig.experts_read_history_tags: the history items' tag columns reach the experts'
+    read (u changes when a history item's tags change) but never the backbone state h."""
+    tags = (torch.rand(NUM_ITEMS + 1, 3, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    tags[0] = 0
+    hist = random_hist(3, 8, seed=2, min_len=8)
+    clause = torch.randn(3, 1, PROMPT_DIM, generator=torch.Generator().manual_seed(3))
+    pol = torch.tensor([[POSITIVE], [NEGATIVE], [POSITIVE]])
+    outs = []
+    for flip in (False, True):
+        changed = tags.clone()
+        if flip:
+            changed[hist[:, -2]] = 1 - changed[hist[:, -2]]  # retag one history item per row
+            changed[0] = 0
+        cfg = small_cfg(tag_features=True, experts_read_history_tags=reads_tags)
+        model = build_model(cfg, NUM_ITEMS, seed=0, fixed_columns=changed).eval()  # same seed, same weights
+        with torch.no_grad():
+            outs.append(model(hist, clause, pol))
+    assert torch.equal(outs[0].h, outs[1].h)
+    assert torch.equal(outs[0].u, outs[1].u) != reads_tags
+    if reads_tags:
+        assert (outs[0].u - outs[1].u).abs().amax(dim=1).min() > 0  # every row read its own tags
+
+
+def test_experts_read_history_tags_needs_tag_columns():
+    model = model_for(experts_read_history_tags=True)
+    with pytest.raises(ValueError, match="experts_read_history_tags needs tag_features"):
+        model(random_hist(2, 6, seed=0), torch.randn(2, 1, PROMPT_DIM), torch.tensor([[POSITIVE], [NEGATIVE]]))

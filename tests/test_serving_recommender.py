@@ -135,7 +135,7 @@ def test_chunked_top_k_with_filter_matches_brute_force(served):
     hist = left_pad([np.asarray(seq)], rec.model.cfg.max_len)
     H, h = rec.model.encode_history(hist)
     emb, _ = rec.prompts.embed(["tag3", "tag0"])
-    u = rec._labelled_model.steer(H, h, hist == 0, emb.unsqueeze(0), torch.tensor([[1, -1]])).u
+    u = rec._labelled_model.steer(H, h, hist, emb.unsqueeze(0), torch.tensor([[1, -1]])).u
     weight = rec.model.item_table.weight.detach()
     tagged = set(torch.nonzero(rec.catalogue.item_tag[:, rec.catalogue.tag_names.index("tag0")]).flatten().tolist())
     want_dpr = _brute_top_k((u @ weight.T)[0], set(seq) | tagged, 25)

@@ -69,17 +69,16 @@ def score_batch(model, batch: dict, exclude: torch.Tensor, inputs: EvalInputs, m
     base = model.item_table.score_all(h)
     pos_tag, neg_tag = batch["pos_tag"], batch["neg_tag"]
     clause_emb, polarity = clause_inputs(batch["pos_prompt"], batch["neg_prompt"], inputs.prompt_emb)
-    pad = batch["hist"][:, -H.shape[1]:] == schema.PAD_ID
     dpr_scores = {}
 
     def dpr(mode: str | None) -> torch.Tensor:
         key = mode or "trained"
         if key not in dpr_scores:
             if mode is None:
-                u = model.steer(H, h, pad, clause_emb, polarity).u
+                u = model.steer(H, h, batch["hist"], clause_emb, polarity).u
             else:
                 with _with_routing(model, mode):
-                    u = model.steer(H, h, pad, clause_emb, polarity).u
+                    u = model.steer(H, h, batch["hist"], clause_emb, polarity).u
             dpr_scores[key] = model.item_table.score_all(u)
         return dpr_scores[key]
 

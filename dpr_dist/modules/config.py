@@ -43,6 +43,10 @@ class ModelConfig:
     # which learned embeddings encode only approximately: the hard filter is within the model's reach.
     tag_features: bool = False
     tag_feature_scale: float = 1.0
+    # Ours, with tag_features: the experts' attention read sees the history items' tag columns
+    # (the backbone states stay tag-free). The positive case names the target's tag that is rarest
+    # in the recent window, so which tags the window holds tells which items of the named tag fit.
+    experts_read_history_tags: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("routing", self.routing, ROUTING_MODES)

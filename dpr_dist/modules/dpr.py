@@ -68,10 +68,10 @@ class DPRModel(nn.Module):
         return self.projection(t)
 
     def steer(
-        self, H: Tensor, h: Tensor, pad_mask: Tensor,
+        self, H: Tensor, h: Tensor, hist: Tensor,
         clause_emb: Tensor | None, clause_polarity: Tensor | None,
     ) -> StreamOutput:
-        """Apply up to C clauses to the user state.
+        """Apply up to C clauses to the user state (H, h from ``encode_history(hist)``).
 
         clause_emb [B, C, prompt_dim]; clause_polarity LongTensor [B, C] with +1 / -1 / 0 (no
         clause) / 2 (unlabelled, learned routing only). A row whose clauses are all 0 gets u == h
@@ -82,23 +82,33 @@ class DPRModel(nn.Module):
         if clause_polarity is None or clause_polarity.shape != clause_emb.shape[:2]:
             got = None if clause_polarity is None else tuple(clause_polarity.shape)
             raise ValueError(f"clause_polarity must have shape {tuple(clause_emb.shape[:2])}, got {got}")
-        pad_mask = pad_mask[:, -H.shape[1] :]
+        hist = hist[:, -H.shape[1] :]
+        pad_mask = hist == PAD_ID
+        memory = self._history_with_tags(H, hist) if self.cfg.experts_read_history_tags else H
         active = clause_polarity != NO_CLAUSE
         z = self.projection(clause_emb)
         route = self.router(h, clause_emb)
         probs = group_probabilities(route.group_logits, clause_polarity, self.cfg.routing)
-        mix = self.experts(H, h, z, _readable(pad_mask, z.shape[1]), probs, route.pos_weights, route.neg_weights)
+        mix = self.experts(memory, h, z, _readable(pad_mask, z.shape[1]), probs, route.pos_weights, route.neg_weights)
         contrib = self.fusion(h, z) * mix
         # where(), not a multiplication by 0: a padding clause then adds exactly nothing, even -0.0.
         delta = torch.where(active.unsqueeze(-1), contrib, torch.zeros_like(contrib)).sum(dim=1)
         u = torch.where(active.any(dim=1, keepdim=True), h + delta, h)
         return StreamOutput(u=u, h=h, z=z, router_logits=route.group_logits, group_probs=probs)
 
+    def _history_with_tags(self, H: Tensor, hist: Tensor) -> Tensor:
+        """H with its (zero) fixed tag columns replaced by the history items' tag columns."""
+        fixed = self.item_table.fixed
+        if not fixed:
+            raise ValueError("experts_read_history_tags needs tag_features (fixed tag columns in the item table)")
+        tags = self.item_table.lookup(hist)[..., -fixed:].detach()
+        return torch.cat([H[..., :-fixed], tags.to(H.dtype)], dim=-1)
+
     def forward(
         self, hist: Tensor, clause_emb: Tensor | None = None, clause_polarity: Tensor | None = None
     ) -> StreamOutput:
         H, h = self.encode_history(hist)
-        return self.steer(H, h, hist == PAD_ID, clause_emb, clause_polarity)
+        return self.steer(H, h, hist, clause_emb, clause_polarity)
 
     def user_vectors(
         self, hist: Tensor, clause_emb: Tensor | None = None, clause_polarity: Tensor | None = None

@@ -227,7 +227,7 @@ class Recommender:
             polarity = torch.tensor([[UNLABELLED if c.polarity is None else c.polarity for c in clauses]])
             labelled = all(c.polarity is not None for c in clauses)
             steering = self._labelled_model if labelled else self.model
-            out = steering.steer(H, h, hist == schema.PAD_ID, emb.unsqueeze(0), polarity)
+            out = steering.steer(H, h, hist, emb.unsqueeze(0), polarity)
             u = out.u
             # The router's own opinion, also when the labels decided the routing.
             p_more = torch.softmax(out.router_logits[0], dim=-1)[:, 0].tolist()
