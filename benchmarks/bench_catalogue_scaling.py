@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from warmup_runs import MODES, REPO, emit, warmup_run  # noqa: E402
 
 
 def prepare(items: int, args) -> Path:
@@ -45,32 +45,19 @@ def prepare(items: int, args) -> Path:
 
 
 def train(items: int, data: Path, mode: str, args) -> dict:
-    out = args.work / f"run-{items}-{mode}"
-    sets = [f"data_dir={data}", f"out_dir={out}", "model.hidden=64", "model.prompt_dim=64", "model.max_len=20",
+    sets = [f"data_dir={data}", "model.hidden=64", "model.prompt_dim=64", "model.max_len=20",
             "warmup.loss=sampled", f"warmup.num_negatives={args.negatives}", "warmup.epochs=1",
             f"warmup.max_steps_per_epoch={args.steps}", f"warmup.batch_size={args.batch}",
             f"warmup.eval_max_cases={args.eval_cases}", "checkpoint_every_steps=0", "threads=1"]
-    train_args = ["--config", str(REPO / "configs/train/tiny.yaml"), "--stage", "warmup", *sum((["--set", s] for s in sets), [])]
-    if mode == "single":
-        cmd = [sys.executable, "-m", "launch.train", *train_args, "--set", "distributed.mode=reference"]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.world), "--master_addr",
-               "127.0.0.1", "--master_port", str(29400 + items % 1000), str(REPO / "launch/train.py"), *train_args]
-    started = time.time()
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    row = {"bench": "catalogue_scaling", "items": items, "mode": mode, "world": 1 if mode == "single" else args.world,
-           "wall_s": round(time.time() - started, 1), "table_mib": round((items + 1) * 64 * 4 / 2**20, 1)}
-    if done.returncode:
-        return {**row, "error": f"exit {done.returncode}", "tail": done.stderr[-1500:]}
-    metrics = json.loads((out / "warmup" / "metrics.json").read_text())
-    return {**row, "peak_rss_mib_per_rank": metrics["peak_rss_mib_per_rank"], "seconds_per_step": metrics["seconds_per_step"],
-            "valid_ndcg@10": metrics["best_metric"]}
+    row = warmup_run(args.work / f"run-{items}-{mode}", REPO / "configs/train/tiny.yaml", sets,
+                     mode, args.world, 29400 + items % 1000)
+    return {"bench": "catalogue_scaling", "items": items, "table_mib": round((items + 1) * 64 * 4 / 2**20, 1), **row}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000, 20_000_000])
-    ap.add_argument("--modes", nargs="+", default=["single", "sharded"], choices=["single", "sharded"])
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=256, help="global batch")
@@ -84,11 +71,7 @@ def main(argv=None) -> int:
     for items in args.sizes:
         data = prepare(items, args)
         for mode in args.modes:
-            line = json.dumps(train(items, data, mode, args))
-            print(line, flush=True)
-            if args.out:
-                with open(args.out, "a") as fh:
-                    fh.write(line + "\n")
+            emit(train(items, data, mode, args), args.out)
     return 0
 
 

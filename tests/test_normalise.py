@@ -117,15 +117,6 @@ def test_duplicates_keep():
     assert cat.stats["duplicates_dropped"] == 0
 
 
-def test_duplicates_error_names_the_duplicate_and_the_first_copy():
-    with pytest.raises(BadInputError) as exc:
-        normalise(make_raw(DUP_EVENTS, ITEMS), cfg(duplicate_events="error"))
-    assert str(exc.value) == (
-        "events.csv: source_row 2: duplicate event (user '1', item '1', order 5) first seen at "
-        "source_row 0 (duplicate_events: error)"
-    )
-
-
 def test_same_item_at_another_time_is_not_a_duplicate():
     events = [("1", "1", 5), ("1", "2", 6), ("1", "1", 7)]
     cat = normalise(make_raw(events, ITEMS), cfg(duplicate_events="error"))
@@ -152,13 +143,17 @@ def test_unknown_items_drop():
     assert cat.stats["unknown_item_events"] == 2 and cat.stats["events_kept"] == 3
 
 
-def test_unknown_items_error_names_the_item_and_row():
+@pytest.mark.parametrize("events,option,message", [
+    ("duplicate", "duplicate_events", "events.csv: source_row 2: duplicate event (user '1', item '1', order 5) "
+     "first seen at source_row 0 (duplicate_events: error)"),
+    ("unknown", "unknown_items", "events.csv: source_row 1: item '77' is not in the item metadata "
+     "(2 such event(s); unknown_items: error)"),
+], ids=["duplicate-names-the-first-copy", "unknown-item-names-the-row"])
+def test_error_option_names_the_source_row(events, option, message):
+    rows = DUP_EVENTS if events == "duplicate" else UNKNOWN_EVENTS
     with pytest.raises(BadInputError) as exc:
-        normalise(make_raw(UNKNOWN_EVENTS, ITEMS), cfg(unknown_items="error"))
-    assert str(exc.value) == (
-        "events.csv: source_row 1: item '77' is not in the item metadata (2 such event(s); "
-        "unknown_items: error)"
-    )
+        normalise(make_raw(rows, ITEMS), cfg(**{option: "error"}))
+    assert str(exc.value) == message
 
 
 def test_short_users_are_dropped_and_counted():

@@ -12,7 +12,6 @@ checkpoint lacks, the expected keys are checked against the metadata first.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -20,11 +19,10 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
-from dpr_dist.common.atomic import sha256_file, write_json_atomic
+from dpr_dist.common.complete import COMPLETE, verify_complete, write_complete
 from dpr_dist.distributed.env import barrier_or_fail
 from dpr_dist.distributed.sharded_table import ShardedItemTable
 
-COMPLETE = "COMPLETE"
 
 
 class TableCheckpointError(RuntimeError):
@@ -41,30 +39,14 @@ def save_table(table: ShardedItemTable, directory: str | Path) -> Path:
     dcp.save(table.state_for_checkpoint(), checkpoint_id=str(directory))
     barrier_or_fail(f"after saving table checkpoint {directory}")
     if dist.get_rank() == 0:
-        sums = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != COMPLETE}
-        write_json_atomic(directory / COMPLETE, sums)
+        write_complete(directory, [p for p in sorted(directory.iterdir()) if p.is_file() and p.name != COMPLETE])
     barrier_or_fail(f"after marking table checkpoint {directory} complete")
     return directory
 
 
 def verify_table_checkpoint(directory: str | Path) -> None:
     """Refuse a partial or altered checkpoint, naming the file (no collective)."""
-    directory = Path(directory)
-    marker = directory / COMPLETE
-    if not directory.is_dir():
-        raise TableCheckpointError(f"table checkpoint directory not found: {directory}")
-    if not marker.exists():
-        raise TableCheckpointError(f"{directory}: partial table checkpoint ({COMPLETE} missing): was the save interrupted?")
-    try:
-        sums = json.loads(marker.read_text())
-    except json.JSONDecodeError as exc:
-        raise TableCheckpointError(f"{marker}: corrupt ({exc})") from None
-    for name, expected in sums.items():
-        path = directory / name
-        if not path.exists():
-            raise TableCheckpointError(f"{path}: missing from table checkpoint")
-        if sha256_file(path) != expected:
-            raise TableCheckpointError(f"{path}: sha256 differs from {COMPLETE}: the file is corrupt or was altered")
+    verify_complete(directory, "table checkpoint", TableCheckpointError)
 
 
 def load_table(table: ShardedItemTable, directory: str | Path, verify: bool = True) -> None:

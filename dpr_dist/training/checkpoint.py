@@ -19,12 +19,12 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dpr_dist.common.atomic import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
+from dpr_dist.common.atomic import atomic_path, write_bytes_atomic, write_json_atomic
+from dpr_dist.common.complete import COMPLETE, verify_complete, write_complete
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
-COMPLETE = "COMPLETE"
 
 
 class CheckpointError(RuntimeError):
@@ -53,29 +53,14 @@ def finalise_checkpoint(directory: str | Path, weights: str | Path, config: dict
 def _finish(directory: Path, config: dict, metrics: dict) -> Path:
     write_bytes_atomic(directory / CONFIG, yaml.safe_dump(config, sort_keys=False).encode())
     write_json_atomic(directory / METRICS, metrics)
-    sums = {name: sha256_file(directory / name) for name in (WEIGHTS, CONFIG, METRICS)}
-    write_json_atomic(directory / COMPLETE, sums)
+    write_complete(directory, [directory / name for name in (WEIGHTS, CONFIG, METRICS)])
     return directory
 
 
 def load_checkpoint(directory: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict, dict]:
     """Return (state_dict, config, metrics); refuse a partial or altered checkpoint, naming the file."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"checkpoint directory not found: {directory}")
-    marker = directory / COMPLETE
-    if not marker.exists():
-        raise CheckpointError(f"{directory}: partial checkpoint ({COMPLETE} missing): was the run interrupted?")
-    try:
-        sums = json.loads(marker.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{marker}: corrupt ({exc})") from None
-    for name, expected in sums.items():
-        path = directory / name
-        if not path.exists():
-            raise CheckpointError(f"{path}: missing from checkpoint")
-        if verify and sha256_file(path) != expected:
-            raise CheckpointError(f"{path}: sha256 differs from {COMPLETE}: the file is corrupt or was altered")
+    verify_complete(directory, "checkpoint", CheckpointError, check_sums=verify)
     try:
         state = load_file(str(directory / WEIGHTS))
     except (SafetensorError, OSError) as exc:

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from dpr_dist.common.atomic import sha256_file, write_bytes_atomic, write_json_atomic
+from dpr_dist.common.atomic import write_bytes_atomic
+from dpr_dist.common.complete import COMPLETE, verify_complete, write_complete
 
 RESUME_DIR = "resume"
 LATEST = "LATEST"
-COMPLETE = "COMPLETE"
 TRAINER = "trainer.json"
 
 
@@ -69,9 +69,7 @@ def load_rng(directory: Path, rank: int, generator: torch.Generator) -> None:
 def mark_complete(directory: Path, root: Path) -> None:
     """Rank 0, after every rank wrote: checksum the state, then point LATEST at it, then drop
     older states (a crash in between leaves LATEST on a complete state)."""
-    sums = {str(p.relative_to(directory)): sha256_file(p)
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != COMPLETE}
-    write_json_atomic(directory / COMPLETE, sums)
+    write_complete(directory, [p for p in sorted(directory.rglob("*")) if p.is_file() and p.name != COMPLETE])
     write_bytes_atomic(root / LATEST, directory.name.encode())
     for old in root.iterdir():
         if old.is_dir() and old.name != directory.name:
@@ -79,19 +77,7 @@ def mark_complete(directory: Path, root: Path) -> None:
 
 
 def verify(directory: Path) -> None:
-    marker = directory / COMPLETE
-    if not marker.exists():
-        raise ResumeError(f"{directory}: partial training state ({COMPLETE} missing)")
-    try:
-        sums = json.loads(marker.read_text())
-    except json.JSONDecodeError as exc:
-        raise ResumeError(f"{marker}: corrupt ({exc})") from None
-    for name, expected in sums.items():
-        path = directory / name
-        if not path.exists():
-            raise ResumeError(f"{path}: missing from the training state")
-        if sha256_file(path) != expected:
-            raise ResumeError(f"{path}: sha256 differs from {COMPLETE}: the file is corrupt or was altered")
+    verify_complete(directory, "training state", ResumeError)
 
 
 def latest(root: Path, fingerprint: str) -> tuple[Path, dict] | None:
