@@ -119,9 +119,27 @@ def init_distributed(
 
             # DeepSpeed's wrapper also sets up deepspeed.comm, which deepspeed.initialize needs later.
             deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout, verbose=False)
+            _unlink_deepspeed_shm_segment()
         else:
             dist.init_process_group(backend, timeout=timeout)
     return DistInfo(rank(), world_size(), local_rank(), dist.get_backend(), timeout)
+
+
+def _unlink_deepspeed_shm_segment() -> None:
+    """DeepSpeed's CPU all-reduce op maps a 66 MB /dev/shm segment per rank and never unlinks it, so
+    every run would leave its segments behind until /dev/shm (RAM) fills. Each rank maps its peers'
+    segments inside init_distributed, before it returns; after a barrier every rank unlinks its own
+    name, and the mappings stay valid until the processes exit (even after kill -9)."""
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank()}")
+    segment = os.path.join("/dev/shm", name)
+    if not os.path.isdir("/dev/shm"):
+        return
+    barrier_or_fail("DeepSpeed's shared-memory set-up")
+    try:
+        os.unlink(segment)
+    except FileNotFoundError:
+        pass  # the op is not built for this machine, or another naming: nothing of ours to remove
 
 
 _RANK_IN_MESSAGE = re.compile(r"[Rr]anks?\s*[:=]?\s*\[?([\d,\s]+)\]?")
