@@ -98,6 +98,13 @@ def test_seeded_rows_do_not_depend_on_the_split():
     assert not torch.equal(full, initial_weight(rows, dim, seed=6))
 
 
+def test_a_dim_fbgemm_cannot_shard_is_refused_in_our_terms():
+    from dpr_dist.distributed.sharded_table import ShardedItemTable
+
+    with pytest.raises(ValueError, match=r"needs a dim divisible by 4 \(fbgemm kernels\), got 82: set model.hidden"):
+        ShardedItemTable(10, 82)
+
+
 def test_block_topk_with_exclusions_and_merge():
     scores = torch.tensor([[5.0, 4.0, 3.0, 2.0], [1.0, 2.0, 3.0, 9.0]])
     history = torch.tensor([[10, 0], [13, 12]])  # ids 10..13 are this block's columns 0..3

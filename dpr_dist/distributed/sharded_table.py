@@ -92,6 +92,10 @@ class ShardedItemTable(ItemTable):
         super().__init__()
         if num_items < 1 or dim < 1:
             raise ValueError(f"ShardedItemTable needs num_items >= 1 and dim >= 1, got {num_items}, {dim}")
+        if dim % 4:
+            # fbgemm's table kernels assert this deep inside the sharding plan; say it in our terms.
+            raise ValueError(f"the sharded item table needs a dim divisible by 4 (fbgemm kernels), got {dim}: "
+                             "set model.hidden accordingly (with tag_features: learned + tag columns)")
         if sharding not in SHARDING_TYPES:
             raise ValueError(f"sharding {sharding!r}; allowed: {', '.join(SHARDING_TYPES)}")
         if optimizer not in OPTIMIZERS:
