@@ -352,6 +352,9 @@ def test_experts_read_history_tags_only_when_asked(reads_tags):
 
 
 def test_experts_read_history_tags_needs_tag_columns():
-    model = model_for(experts_read_history_tags=True)
+    with pytest.raises(ValueError, match=r"ModelConfig.experts_read_history_tags needs tag_features"):
+        small_cfg(experts_read_history_tags=True)
+    # A hand-built model whose table has no tag columns is refused when it steers.
+    model = model_for(tag_features=True, experts_read_history_tags=True)
     with pytest.raises(ValueError, match="experts_read_history_tags needs tag_features"):
         model(random_hist(2, 6, seed=0), torch.randn(2, 1, PROMPT_DIM), torch.tensor([[POSITIVE], [NEGATIVE]]))

@@ -69,6 +69,8 @@ class ModelConfig:
                 )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.experts_read_history_tags and not self.tag_features:
+            raise ValueError("ModelConfig.experts_read_history_tags needs tag_features (the tag columns it reads)")
 
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
