@@ -8,11 +8,14 @@ disappear and dense item ids stay 1..N without holes.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from data_pipeline.config import DataConfig
 from data_pipeline.records import BadInputError, RawData
@@ -48,6 +51,12 @@ class Catalog:
     def num_items(self) -> int:
         return len(self.items)
 
+    def without_item_texts(self) -> "Catalog":
+        """The same catalogue with only the ``item_id`` column of ``items``: what case building
+        needs, without the per-item strings (GBs of Python objects for a 20M-item catalogue,
+        which every Ray worker would otherwise unpickle)."""
+        return dataclasses.replace(self, items=self.items[["item_id"]])
+
     @property
     def num_users(self) -> int:
         return len(self.users)
@@ -58,7 +67,15 @@ def sort_original_ids(ids) -> list[str]:
 
     Numeric ids that differ only by leading zeros ("7", "007") are ordered by their string.
     """
-    unique = sorted({str(i) for i in ids})
+    unique = pd.unique(pd.Series(ids, dtype=object).astype(str).to_numpy(dtype=object))
+    # Fast path (catalogues of tens of millions of ids): canonical decimal integers sort as int64.
+    # to_numeric gives int64 only if every id parses as an integer that fits; "007" and "+7" parse
+    # too but are not canonical, so they take the general path below.
+    as_int = np.asarray(pd.to_numeric(unique, errors="coerce"))
+    if len(unique) and as_int.dtype == np.int64:
+        if (pd.Series(as_int).astype(str).to_numpy(dtype=object) == unique).all():
+            return unique[np.argsort(as_int, kind="stable")].tolist()
+    unique = sorted(unique)
     if unique and all(_INTEGER.fullmatch(i) for i in unique):
         unique.sort(key=lambda i: (int(i), i))
     return unique
@@ -90,7 +107,7 @@ def normalise(raw: RawData, cfg: DataConfig) -> Catalog:
     events, stats["duplicates_dropped"] = _handle_duplicates(events, cfg.duplicate_events, where)
     item_meta = _item_metadata(raw.items, where)
     events, stats["unknown_item_events"] = _handle_unknown_items(
-        events, set(item_meta.index), cfg.unknown_items, where
+        events, item_meta.index, cfg.unknown_items, where
     )
     stats["events_kept"] = len(events)
 
@@ -109,7 +126,8 @@ def normalise(raw: RawData, cfg: DataConfig) -> Catalog:
     # DPR_SPEC: the catalogue is the items that occur; "all_items" (ours) keeps every item of the
     # metadata, never-consumed ones included (cold items; catalogue-scaling benchmarks).
     used = events["item"].unique()
-    items = _catalogue(np.union1d(used, item_meta.index.to_numpy()) if cfg.catalogue == "all_items" else used, item_meta)
+    wanted = np.concatenate([used, item_meta.index.to_numpy(dtype=object)]) if cfg.catalogue == "all_items" else used
+    items = _catalogue(wanted, item_meta)
     tags = sorted({t for tag_list in items["tags"] for t in tag_list})
     item_index = pd.Series(items["item_id"].to_numpy(), index=items["original_id"].to_numpy())
     sequences = _sequences(events, user_ids, item_index)
@@ -209,13 +227,17 @@ def _clean_tags(tags) -> list[str]:
     """Drop empty names and repeats, keep the source's order."""
     if tags is None or (isinstance(tags, float) and np.isnan(tags)):
         return []
-    return list(dict.fromkeys(str(t) for t in tags if str(t).strip()))
+    cleaned = list(dict.fromkeys(str(t) for t in tags if str(t).strip()))
+    # Keep the source's list when nothing changed: one list per item, not two (20M-item catalogues).
+    return tags if isinstance(tags, list) and cleaned == tags else cleaned
 
 
 def _handle_unknown_items(
-    events: pd.DataFrame, known: set[str], mode: str, where: str
+    events: pd.DataFrame, known: pd.Index, mode: str, where: str
 ) -> tuple[pd.DataFrame, int]:
-    unknown = ~events["item"].isin(known).to_numpy()
+    # Arrow's hash set: pandas' isin on 20M str ids takes minutes and GBs.
+    value_set = pa.array(known.to_numpy(dtype=object), type=pa.string())
+    unknown = ~pc.is_in(pa.array(events["item"].to_numpy(dtype=object), type=pa.string()), value_set=value_set).to_numpy(zero_copy_only=False)
     count = int(unknown.sum())
     if count and mode == "error":
         row = events.loc[unknown].iloc[0]
@@ -234,15 +256,16 @@ def _catalogue(item_originals, meta: pd.DataFrame) -> pd.DataFrame:
     originals = sort_original_ids(item_originals)
     rows = meta.reindex(originals)
     unknown = rows["title"].isna().to_numpy()
-    titles = rows["title"].astype(object).where(~unknown, "")
-    texts = rows["text"].astype(object).where(~unknown, "")
+    # Titles and texts stay pandas strings (Arrow-backed), not one Python object per item.
+    titles = rows["title"].fillna("").reset_index(drop=True)
+    texts = rows["text"].fillna("").reset_index(drop=True)
     tags = [[] if u else t for u, t in zip(unknown, rows["tags"])]
     return pd.DataFrame({
         "item_id": np.arange(1, len(originals) + 1, dtype=np.int64),
         "original_id": originals,
-        "title": titles.to_numpy(),
+        "title": titles,
         "tags": tags,
-        "text": texts.to_numpy(),
+        "text": texts,
     })
 
 
@@ -265,10 +288,10 @@ def _sequences(
 
 
 def _tag_matrix(item_tags: pd.Series, tags: list[str]) -> np.ndarray:
-    lengths = item_tags.map(len).to_numpy()
-    flat = [t for tag_list in item_tags for t in tag_list]
+    lengths = np.fromiter((len(t) for t in item_tags), dtype=np.int64, count=len(item_tags))
+    column = {name: j for j, name in enumerate(tags)}
+    # A generator, not a flat list: 20M items hold ~50M tag slots.
+    codes = np.fromiter((column[t] for tag_list in item_tags for t in tag_list), dtype=np.int32, count=int(lengths.sum()))
     matrix = np.zeros((len(item_tags) + 1, len(tags)), dtype=bool)
-    if flat:
-        rows = np.repeat(np.arange(1, len(item_tags) + 1), lengths)
-        matrix[rows, pd.Categorical(flat, categories=tags).codes] = True
+    matrix[np.repeat(np.arange(1, len(item_tags) + 1), lengths), codes] = True
     return matrix

@@ -204,7 +204,7 @@ def run_partitions(catalog, prompts_df, cfg: DataConfig, inputs_hash: str) -> tu
     from tqdm import tqdm
 
     task = ray.remote(prepare_partition)
-    catalog_ref, prompts_ref = ray.put(catalog), ray.put(prompts_df)
+    catalog_ref, prompts_ref = ray.put(catalog.without_item_texts()), ray.put(prompts_df)
     pending = [task.remote(catalog_ref, prompts_ref, cfg, part, inputs_hash) for part in range(cfg.num_partitions)]
     results = {}
     order = {ref: part for part, ref in enumerate(pending)}

@@ -81,6 +81,17 @@ def test_source_row_not_dataframe_position_breaks_ties():
     assert originals(cat, "1") == ["1", "2", "9"]
 
 
+def test_integer_id_order_is_the_same_on_the_int64_fast_path_and_off_it():
+    """Canonical decimal ids take a vectorised path; ids it cannot take (a leading zero, "+", a
+    number beyond int64) take the general one; both must give the (int, str) order."""
+    rng = np.random.default_rng(0)
+    ids = [str(i) for i in rng.integers(-10**12, 10**12, 500)] + ["0", "5", "5"]
+    reference = sorted(set(ids), key=lambda i: (int(i), i))
+    assert sort_original_ids(ids) == reference
+    for odd in ("007", "+7", str(2**70)):
+        assert sort_original_ids(ids + [odd]) == sorted(set(ids + [odd]), key=lambda i: (int(i), i))
+
+
 def test_string_ids_sort_as_strings_when_any_id_is_not_an_integer():
     assert sort_original_ids(["10", "9", "a", "9"]) == ["10", "9", "a"]
     assert sort_original_ids(["10", "9", "-3", "007", "7"]) == ["-3", "007", "7", "9", "10"]

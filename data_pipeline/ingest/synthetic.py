@@ -277,8 +277,7 @@ def load(cfg: SyntheticConfig, out_dir: Path, seed: int) -> RawData:
     return RawData(
         events=events_frame(events["user"], events["item"], events["order"], pa.array(np.arange(events.num_rows))),
         items=items_frame(
-            pc.cast(items["item"], pa.string()).to_pylist(), items["title"].to_pylist(),
-            items["tags"].to_pylist(), "Tags", text=items["text"].to_pylist(),
+            pc.cast(items["item"], pa.string()), items["title"], items["tags"], "Tags", text=items["text"],
         ),
         sources=unique_sources([events_path, items_path]),
     )
