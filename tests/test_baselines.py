@@ -20,7 +20,9 @@ ITEM_TAG[[1, 2], 0] = True
 ITEM_TAG[[2, 3, 5], 1] = True
 
 
-def test_popularity_counts_agree_with_counter(tmp_path):
+@pytest.mark.parametrize("count_batch", [4_000_000, 7])  # 7: counted in many flushes, not at the end only
+def test_popularity_counts_agree_with_counter(tmp_path, monkeypatch, count_batch):
+    monkeypatch.setattr(baselines, "COUNT_BATCH_IDS", count_batch)
     rng = np.random.default_rng(0)
     sequences = [rng.integers(1, 41, size=rng.integers(1, 15)).tolist() for _ in range(60)]
     paths = []

@@ -168,13 +168,14 @@ def test_manifest_count_mismatch_fails_instead_of_hanging(prepared_dir):
 
 
 def test_item_tag_matrix_marks_each_items_tags_and_names_an_unknown_one(tmp_path):
-    import pandas as pd
+    import numpy as np
+    import pyarrow as pa
 
     from dpr_dist.data.prepared import PreparedDataError, item_tag_matrix
 
-    items = pd.DataFrame({"item_id": [1, 2, 3], "tags": [["b", "a"], [], ["c"]]})
-    matrix = item_tag_matrix(items, ["a", "b", "c"], tmp_path / "items.parquet")
+    ids = np.array([1, 2, 3])
+    tags = pa.chunked_array([pa.array([["b", "a"], []]), pa.array([["c"]])])
+    matrix = item_tag_matrix(ids, tags, ["a", "b", "c"], tmp_path / "items.parquet")
     assert matrix.tolist() == [[False] * 3, [True, True, False], [False] * 3, [False, False, True]]
-    items.loc[2, "tags"] = ["c", "zz"]
     with pytest.raises(PreparedDataError, match=r"items.parquet: item 3 has tag 'zz', not in manifest tags"):
-        item_tag_matrix(items, ["a", "b", "c"], tmp_path / "items.parquet")
+        item_tag_matrix(ids, pa.array([["a"], [], ["c", "zz"]]), ["a", "b", "c"], tmp_path / "items.parquet")

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from dpr_dist.common import schema
@@ -73,37 +76,45 @@ def _check_ids(frame: pd.DataFrame, column: str, first: int, path: Path) -> None
         raise PreparedDataError(f"{path}: column {column!r} must be {first}..{first + len(frame) - 1} in order")
 
 
-def item_tag_matrix(items: pd.DataFrame, tag_names: list[str], path: Path) -> torch.Tensor:
-    """Bool ``[N+1, T]``: item id i carries tag t. Unknown tag names are an error naming the item.
-    Vectorised (one pass over the flattened tag lists): catalogues reach tens of millions of items."""
-    tags = items["tags"]
-    lengths = tags.map(len).to_numpy()
-    flat = np.concatenate([np.asarray(t, dtype=object) for t in tags]) if len(tags) else np.zeros(0, dtype=object)
-    item_ids = np.repeat(items["item_id"].to_numpy(), lengths)
-    codes = pd.Categorical(flat, categories=tag_names).codes if len(flat) else np.zeros(0, dtype=np.int64)
+def item_tag_matrix(item_ids: np.ndarray, tags: pa.Array | pa.ChunkedArray, tag_names: list[str], path: Path) -> torch.Tensor:
+    """Bool ``[N+1, T]``: item id i carries tag t, from the Arrow ``list<string>`` column as read.
+    Unknown tag names are an error naming the item. Computed in Arrow, never one Python object per
+    tag slot: a 20M-item catalogue has ~50M of them (GBs as Python strings, on every rank)."""
+    tags = tags.combine_chunks() if isinstance(tags, pa.ChunkedArray) else tags
+    lengths = pc.list_value_length(tags).fill_null(0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(tags)
+    codes = pc.index_in(flat, value_set=pa.array(tag_names, type=flat.type)).fill_null(-1).to_numpy(zero_copy_only=False)
+    rows = np.repeat(np.asarray(item_ids, dtype=np.int64), lengths)
     unknown = np.flatnonzero(codes < 0)
     if len(unknown):
         i = unknown[0]
-        raise PreparedDataError(f"{path}: item {item_ids[i]} has tag {flat[i]!r}, not in manifest tags")
-    matrix = torch.zeros(len(items) + 1, len(tag_names), dtype=torch.bool)
-    matrix[torch.from_numpy(item_ids.astype(np.int64)), torch.from_numpy(codes.astype(np.int64))] = True
+        raise PreparedDataError(f"{path}: item {rows[i]} has tag {flat[i].as_py()!r}, not in manifest tags")
+    matrix = torch.zeros(len(item_ids) + 1, len(tag_names), dtype=torch.bool)
+    matrix[torch.from_numpy(rows), torch.from_numpy(codes.astype(np.int64))] = True
     return matrix
 
 
-# What training needs of the item table; titles and texts are for evaluation and serving.
-TRAINING_ITEM_COLUMNS = ("item_id", "tags")
+# What training keeps of the item table (the tag matrix is always built); titles and texts are for
+# evaluation and serving.
+TRAINING_ITEM_COLUMNS = ("item_id",)
 
 
 def load_prepared(root: str | Path, item_columns: tuple[str, ...] | None = None) -> Prepared:
-    """The prepared tables; ``item_columns`` reads only those columns of the item table (training
-    passes TRAINING_ITEM_COLUMNS: a 20M-item catalogue's titles and texts need not be in memory)."""
+    """The prepared tables; ``item_columns`` keeps only those columns of the item table in
+    ``Prepared.items`` (training passes TRAINING_ITEM_COLUMNS: a 20M-item catalogue's titles, texts
+    and tag lists need not be in memory; the tag matrix is built either way)."""
     root = Path(root)
     manifest = read_manifest(root)
     items_path = _require(root / schema.ITEMS_NAME, "item table")
     prompts_path = _require(root / schema.PROMPTS_NAME, "prompt table")
     emb_path = _require(root / schema.PROMPT_EMB_NAME, "prompt embeddings")
-    items = pd.read_parquet(items_path, columns=list(item_columns) if item_columns else None)
-    items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
+    table = pq.read_table(items_path, columns=None if item_columns is None else sorted({*item_columns, "item_id", "tags"}))
+    table = table.take(pc.sort_indices(table["item_id"]))
+    item_ids = table["item_id"].to_numpy()
+    item_tag = item_tag_matrix(item_ids, table["tags"], list(manifest["tags"]), items_path)
+    if item_columns is not None:
+        table = table.select(list(item_columns))
+    items = table.to_pandas()
     prompts = pd.read_parquet(prompts_path).sort_values("prompt_id", kind="stable").reset_index(drop=True)
     _check_ids(items, "item_id", 1, items_path)
     _check_ids(prompts, "prompt_id", 0, prompts_path)
@@ -119,6 +130,6 @@ def load_prepared(root: str | Path, item_columns: tuple[str, ...] | None = None)
         items=items,
         prompts=prompts,
         prompt_embeddings=torch.from_numpy(embeddings.astype(np.float32, copy=False)),
-        item_tag=item_tag_matrix(items, tag_names, items_path),
+        item_tag=item_tag,
         tag_names=tag_names,
     )

@@ -130,14 +130,15 @@ def _unlink_deepspeed_shm_segment() -> None:
     every run would leave its segments behind until /dev/shm (RAM) fills. Each rank maps its peers'
     segments inside init_distributed, before it returns; after a barrier every rank unlinks its own
     name, and the mappings stay valid until the processes exit (even after kill -9)."""
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-            f"{os.environ.get('MASTER_PORT', '')}_{rank()}")
-    segment = os.path.join("/dev/shm", name)
+    # Every rank reaches the barrier, whatever its node has: a node-local early return would leave
+    # the others waiting in it.
+    barrier_or_fail("DeepSpeed's shared-memory set-up")
     if not os.path.isdir("/dev/shm"):
         return
-    barrier_or_fail("DeepSpeed's shared-memory set-up")
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank()}")
     try:
-        os.unlink(segment)
+        os.unlink(os.path.join("/dev/shm", name))
     except FileNotFoundError:
         pass  # the op is not built for this machine, or another naming: nothing of ours to remove
 

@@ -318,10 +318,13 @@ class ShardedItemTable(ItemTable):
 
     @torch.no_grad()
     def _initialise(self, init_weight: Tensor | None, seed: int, fixed_columns: Tensor | None) -> None:
-        # Block by block, so the transient memory is one block, not a second copy of the shard.
+        # Block by block, so the transient memory is one block, not a second copy of the shard. The
+        # chunks follow the generator's block boundaries: a shard that starts mid-block would
+        # otherwise draw two blocks for every one it keeps.
         for shard in self._shards:
-            for lo in range(shard.row_start, shard.row_end, BLOCK_ROWS):
-                hi = min(lo + BLOCK_ROWS, shard.row_end)
+            lo = shard.row_start
+            while lo < shard.row_end:
+                hi = min((lo // BLOCK_ROWS + 1) * BLOCK_ROWS, shard.row_end)
                 if init_weight is not None:
                     rows = init_weight[lo:hi]
                 else:
@@ -329,6 +332,7 @@ class ShardedItemTable(ItemTable):
                 if fixed_columns is not None:
                     rows = with_fixed_columns(rows, fixed_columns[lo:hi])
                 shard.tensor[lo - shard.row_start : hi - shard.row_start] = rows[:, shard.col_start : shard.col_end]
+                lo = hi
             if shard.row_start <= PAD_ID < shard.row_end:
                 shard.tensor[PAD_ID - shard.row_start].zero_()
 

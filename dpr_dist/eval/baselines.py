@@ -21,6 +21,9 @@ NEG_INF = float("-inf")
 
 # --- popularity -------------------------------------------------------------------------------
 
+COUNT_BATCH_IDS = 4_000_000
+
+
 def popularity_counts(warmup_shards: Iterable[str | Path], num_items: int) -> np.ndarray:
     """Interaction counts per item id (int64 ``[N+1]``, index 0 stays 0) over training positions.
 
@@ -28,6 +31,10 @@ def popularity_counts(warmup_shards: Iterable[str | Path], num_items: int) -> np
     sequence, so validation and test targets are never counted.
     """
     counts = np.zeros(num_items + 1, dtype=np.int64)
+    # Ids are gathered and counted a few million at a time: one [N+1] bincount per sample would
+    # cost users x catalogue (minutes at 20M items).
+    pending: list[np.ndarray] = []
+    pending_size = 0
     urls = [str(p) for p in warmup_shards]
     for sample in wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False):
         hist, case = schema.decode_case(sample)
@@ -35,7 +42,13 @@ def popularity_counts(warmup_shards: Iterable[str | Path], num_items: int) -> np
             raise ValueError(f"{sample.get('__url__', '?')}: sample {sample['__key__']!r} is not a warm-up sample (target set)")
         if hist.size and (hist.min() < 1 or hist.max() > num_items):
             raise ValueError(f"{sample.get('__url__', '?')}: sample {sample['__key__']!r} holds item ids outside [1, {num_items}]")
-        counts += np.bincount(hist, minlength=num_items + 1)
+        pending.append(hist)
+        pending_size += hist.size
+        if pending_size >= COUNT_BATCH_IDS:
+            counts += np.bincount(np.concatenate(pending), minlength=num_items + 1)
+            pending, pending_size = [], 0
+    if pending:
+        counts += np.bincount(np.concatenate(pending), minlength=num_items + 1)
     return counts
 
 
