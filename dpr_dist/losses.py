@@ -67,9 +67,19 @@ def softmax_ce(lse: Tensor, target_logit: Tensor) -> Term:
 
 
 def sample_negatives(item_log_q: Tensor, num_negatives: int, generator: torch.Generator | None) -> Tensor:
-    """num_negatives ids drawn with replacement from q (shared by the whole batch)."""
-    probs = item_log_q.exp().index_fill(0, torch.tensor([PAD_ID], device=item_log_q.device), 0.0)
-    return torch.multinomial(probs.cpu(), num_negatives, replacement=True, generator=generator).to(item_log_q.device)
+    """num_negatives ids drawn with replacement from q (shared by the whole batch), never padding.
+
+    Inverse-CDF sampling in float64 rather than torch.multinomial, which refuses more than 2^24
+    categories (catalogues of 17M+ items); both cost one pass over q per call.
+    """
+    probs = item_log_q.detach().cpu().double().exp()
+    probs[PAD_ID] = 0.0
+    cdf = torch.cumsum(probs, 0)
+    total = cdf[-1:]
+    ids = torch.searchsorted(cdf, torch.rand(num_negatives, generator=generator, dtype=torch.float64) * total, right=True)
+    # u * total can round up to total: such a draw goes to the last item that can be drawn.
+    last_drawable = torch.searchsorted(cdf, total)
+    return torch.minimum(ids, last_drawable).to(item_log_q.device)
 
 
 def sampled_softmax_logq(

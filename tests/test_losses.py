@@ -139,6 +139,21 @@ def test_sampled_negatives_follow_q_and_never_draw_padding():
     assert float((drawn == 5).float().mean()) == pytest.approx(0.75, abs=0.03)
 
 
+def test_negatives_are_drawn_from_catalogues_beyond_two_to_the_24_items():
+    """torch.multinomial stops at 2^24 categories; a 20M-item catalogue must still sample, and
+    exactly by q: here q puts 3/4 on the last item (id 2^24 + 5) and 1/4 on item 1."""
+    from dpr_dist.losses import sample_negatives
+
+    n = 2**24 + 5
+    q = torch.zeros(n + 1)
+    q[[1, n]] = torch.tensor([0.25, 0.75])
+    drawn = sample_negatives(q.log(), 4000, torch.Generator().manual_seed(0))
+    assert set(drawn.tolist()) == {1, n}
+    assert float((drawn == n).float().mean()) == pytest.approx(0.75, abs=0.03)
+    again = sample_negatives(q.log(), 4000, torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, again)
+
+
 # ---------------------------------------------------------------- suppression
 
 def _np_mass(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -272,3 +287,39 @@ def test_item_tag_infonce_matches_an_independent_computation_and_separates_tags(
         item_tag_infonce(x, labels).mean().backward()
         opt.step()
     assert item_tag_infonce(x, labels).mean().item() < 0.5 * before
+
+
+def test_stage_sampler_uniform_draws_every_item_alike_and_corrects_by_one_over_n():
+    """The stage option reaches the loss: with a popularity q that almost never draws item 7, the
+    uniform sampler draws it as often as any other, and the logQ term is log(1/N) for everyone."""
+    from types import SimpleNamespace
+
+    from dpr_dist.training.config import StageConfig
+    from dpr_dist.training.objectives import Context, _next_item_loss
+
+    counts = torch.ones(N + 1)
+    counts[1] = 1e6
+    popularity_log_q = (counts / counts[1:].sum()).log()
+    popularity_log_q[0] = float("-inf")
+    ctx = Context(torch.zeros(1, D), torch.zeros(N + 1, 1, dtype=torch.bool), popularity_log_q,
+                  torch.Generator().manual_seed(0))
+    model = SimpleNamespace(item_table=SpyTable())
+    u, pos = torch.randn(3, D), torch.tensor([2, 7, 30])
+    draws = {}
+    for sampler in ("popularity", "uniform"):
+        stage = StageConfig(loss="sampled", num_negatives=3000, sampler=sampler)
+        ctx.generator.manual_seed(1)
+        _next_item_loss(model, u, pos, stage, ctx)
+        draws[sampler] = model.item_table.looked_up[-1]
+    assert float((draws["popularity"] == 7).float().mean()) < 1e-3
+    share = torch.bincount(draws["uniform"], minlength=N + 1)[1:].float() / draws["uniform"].numel()
+    assert share.min() > 0.5 / N and share.max() < 1.5 / N and (draws["uniform"] != 0).all()
+    # Same negatives, independent computation with q = 1/N.
+    negatives = draws["uniform"]
+    w = model.item_table.embedding.weight.detach().numpy()
+    logits = np.concatenate([(u.numpy() * w[pos.numpy()]).sum(1, keepdims=True), u.numpy() @ w[negatives.numpy()].T], 1)
+    logits = logits + np.log(N)  # - log(1/N) for every item
+    logits[:, 1:][negatives.numpy()[None, :] == pos.numpy()[:, None]] = -np.inf
+    expected = np_logsumexp(logits) - logits[:, 0]
+    got = sampled_softmax_logq(u, pos, model.item_table, 0, ctx.log_q("uniform"), negative_ids=negatives).mean()
+    assert got.item() == pytest.approx(float(expected.mean()), rel=1e-5)

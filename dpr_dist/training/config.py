@@ -26,6 +26,9 @@ class StageConfig:
     # Loss. "full": softmax over the whole catalogue; "sampled": sampled softmax with logQ correction.
     loss: str = "full"
     num_negatives: int = 256
+    # Where the sampled softmax draws its negatives (logQ-corrected either way): "popularity" (training
+    # counts + 1) or "uniform" over the catalogue.
+    sampler: str = "popularity"
     # steer stage: weight of each task in the mix and of the extra terms
     suppression_weight: float = 1.0
     router_weight: float = 0.1

@@ -9,6 +9,7 @@ ItemTable interface, so the same objectives train a plain or a sharded table.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +21,7 @@ from dpr_dist.losses import Term
 from dpr_dist.training.config import StageConfig
 
 Terms = dict[str, tuple[float, Term]]
+SAMPLERS = ("popularity", "uniform")
 
 
 @dataclass
@@ -28,9 +30,19 @@ class Context:
 
     prompt_emb: Tensor       # float [P, prompt_dim]
     item_tag: Tensor         # bool [N+1, T]
-    item_log_q: Tensor       # float [N+1]: log sampling probability (for the sampled softmax)
+    item_log_q: Tensor       # float [N+1]: log popularity sampling probability (sampled softmax)
     generator: torch.Generator  # negatives and prompt noise: the same state on every rank
     _centroids: dict = field(default_factory=dict, repr=False)
+
+    def log_q(self, sampler: str) -> Tensor:
+        """log q [N+1] of a negative sampler (row 0, padding, is never drawn)."""
+        if sampler == "popularity":
+            return self.item_log_q
+        if sampler == "uniform":
+            uniform = torch.full_like(self.item_log_q, -math.log(self.item_log_q.numel() - 1))
+            uniform[0] = float("-inf")
+            return uniform
+        raise ValueError(f"stage sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
 
     def tag_centroids(self, item_table) -> Tensor:
         """Mean item embedding of each tag [T, d] (detached: the target of alignment, not trained).
@@ -49,7 +61,7 @@ def _next_item_loss(model, states: Tensor, targets: Tensor, stage: StageConfig, 
         return losses.full_softmax_ce(model.item_table, states, targets)
     if stage.loss == "sampled":
         return losses.sampled_softmax_logq(
-            states, targets, model.item_table, stage.num_negatives, ctx.item_log_q, ctx.generator
+            states, targets, model.item_table, stage.num_negatives, ctx.log_q(stage.sampler), ctx.generator
         )
     raise ValueError(f"stage loss must be 'full' or 'sampled', got {stage.loss!r}")
 
