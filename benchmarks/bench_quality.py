@@ -8,7 +8,9 @@ Hours on 2 CPU cores. Resumable: a finished stage of a run is skipped (same fing
 interrupted one resumes from its last state, a finished evaluation is kept; rerun the same command
 after an interruption. Each run is a subprocess (``launch.train``, then ``launch.evaluate`` on the
 TEST split; model selection uses validation only). Writes ``<out>/summary.json`` and
-``<out>/summary.md``.
+``<out>/summary.md``. Seeds can run as parallel processes (one ``--seeds`` each, own ``--out``);
+``--collect-only`` then summarises their ``<backbone>-s<seed>/report`` directories gathered under
+one ``--out``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ def run(cmd: list[str], log: Path) -> None:
 
 def one_run(args, backbone: str, seed: int) -> dict:
     out = args.out / f"{backbone}-s{seed}"
+    if args.collect_only:
+        report = out / "report" / "report.json"
+        if not report.is_file():
+            raise SystemExit(f"--collect-only: {report} is missing (run {backbone} seed {seed} first)")
+        return json.loads(report.read_text())
     out.mkdir(parents=True, exist_ok=True)
     sets = [f"model.backbone={backbone}", f"seed={seed}", f"out_dir={out}", f"data_dir={args.data_dir}",
             *args.set]
@@ -111,6 +118,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=REPO / "runs/bench-ml1m")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra training override")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="train and evaluate nothing: summarise the reports already under --out (runs made elsewhere, in parallel)")
     args = ap.parse_args(argv)
     args.out = args.out.resolve()
     reports: dict[str, list[dict]] = {}

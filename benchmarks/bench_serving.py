@@ -2,10 +2,12 @@
 
     python -m benchmarks.bench_serving                       # 3,706 and 1,000,000 synthetic items
     python -m benchmarks.bench_serving --items 3706 --encoder hash --requests 20
+    python -m benchmarks.bench_serving --items "" --checkpoint runs/ml-1m/steer   # a trained model
 
-Random weights (latency does not depend on training); a synthetic catalogue with ML-1M's 3,706
-items and one with 1M items; the real prompt encoder (all-MiniLM-L6-v2) by default, so a cold
-cache pays for encoding. Latency is measured in-process (one request at a time); throughput over
+Synthetic catalogues get random weights (latency does not depend on what was learnt, only on
+the catalogue size, d and max_len); ``--checkpoint`` measures a trained model on its own prepared
+data (ML-1M: 3,706 items, max_len 200) with the prompt encoder its manifest names. The synthetic
+runs use the real prompt encoder (all-MiniLM-L6-v2) by default, so a cold cache pays for encoding. Latency is measured in-process (one request at a time); throughput over
 HTTP on 127.0.0.1 with a bounded number of concurrent clients, each sending its next request when
 the previous answer arrived. Prints one JSON line.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import resource
 import sys
 import threading
 import time
@@ -53,11 +56,17 @@ def percentiles(ms: list[float]) -> dict:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2), "n": len(ms)}
 
 
+def _tag(rec: Recommender, i: int) -> str:
+    names = rec.catalogue.tag_names
+    return names[i % len(names)]
+
+
 def latency(rec: Recommender, requests: int, cold: bool) -> dict:
-    rec.recommend(user=1, prompt="more genre01 please", k=10)  # warm-up: first-call allocations
+    warm_prompt = f"more {_tag(rec, 1)} please"
+    rec.recommend(user=1, prompt=warm_prompt, k=10)  # warm-up: first-call allocations
     times = []
     for i in range(requests):
-        prompt = f"something like genre{i % NUM_TAGS:02d}, take {i}" if cold else "more genre01 please"
+        prompt = f"something like {_tag(rec, i)}, take {i}" if cold else warm_prompt
         start = time.perf_counter()
         rec.recommend(user=1 + i % len(rec.users), prompt=prompt, k=10)
         times.append((time.perf_counter() - start) * 1000)
@@ -73,7 +82,7 @@ def throughput(rec: Recommender, concurrency: int, requests: int) -> dict:
     def client(worker: int) -> None:
         conn = http.client.HTTPConnection(host, port, timeout=120)
         for i in range(worker, requests, concurrency):
-            body = json.dumps({"user": 1 + i % len(rec.users), "prompt": f"more genre{i % NUM_TAGS:02d} please", "k": 10})
+            body = json.dumps({"user": 1 + i % len(rec.users), "prompt": f"more {_tag(rec, i)} please", "k": 10})
             start = time.perf_counter()
             conn.request("POST", "/recommend", body=body, headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
@@ -99,7 +108,8 @@ def throughput(rec: Recommender, concurrency: int, requests: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--items", default="3706,1000000", help="comma-separated catalogue sizes")
+    ap.add_argument("--items", default="3706,1000000", help="comma-separated synthetic catalogue sizes (\"\" for none)")
+    ap.add_argument("--checkpoint", action="append", default=[], help="a trained stage checkpoint (repeatable)")
     ap.add_argument("--encoder", default="minilm", choices=["minilm", "hash"])
     ap.add_argument("--requests", type=int, default=50, help="per latency measurement")
     ap.add_argument("--concurrency", type=int, default=4)
@@ -107,16 +117,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
-    out = {"benchmark": "serving", "encoder": args.encoder, "threads": args.threads, "hidden": 64, "k": 10, "catalogues": {}}
-    for n in (int(x) for x in args.items.split(",")):
+    out = {"benchmark": "serving", "encoder": args.encoder, "threads": args.threads, "k": 10, "catalogues": {}}
+    builds = [(str(n), lambda n=n: synthetic_recommender(n, args.encoder)) for n in (int(x) for x in args.items.split(",") if x)]
+    builds += [(ckpt, lambda ckpt=ckpt: Recommender.load(ckpt)) for ckpt in args.checkpoint]
+    for name, build in builds:
         start = time.perf_counter()
-        rec = synthetic_recommender(n, args.encoder)
-        out["catalogues"][str(n)] = {
+        rec = build()
+        out["catalogues"][name] = {
             "build_s": round(time.perf_counter() - start, 1),
+            "items": rec.catalogue.num_items, "hidden": rec.model.cfg.hidden, "max_len": rec.model.cfg.max_len,
             "warm": latency(rec, args.requests, cold=False),
             "cold": latency(rec, args.requests, cold=True),
             "http": throughput(rec, args.concurrency, args.load_requests),
         }
+        # The process's high-water mark so far (run one catalogue per process to attribute it).
+        out["catalogues"][name]["process_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        del rec
     print(json.dumps(out))
     return 0
 

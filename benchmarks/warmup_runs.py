@@ -28,7 +28,11 @@ def warmup_run(out: Path, config: Path, sets: list[str], mode: str, world: int, 
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     row = {"mode": mode, "world": 1 if mode == "reference" else world, "wall_s": round(time.time() - started, 1)}
     if done.returncode:
-        return {**row, "error": f"exit {done.returncode}", "tail": done.stderr[-1500:]}
+        # The launcher's own traceback buries the rank's: keep all of stderr beside the run.
+        log = out.parent / f"{out.name}.stderr.log"
+        log.write_text(done.stderr)
+        causes = [line for line in done.stderr.splitlines() if "Error" in line and "ChildFailedError" not in line]
+        return {**row, "error": f"exit {done.returncode}", "cause": causes[:3], "stderr": str(log)}
     metrics = json.loads((out / "warmup" / "metrics.json").read_text())
     return {**row, "peak_rss_mib_per_rank": metrics["peak_rss_mib_per_rank"],
             "seconds_per_step": metrics["seconds_per_step"], "valid_ndcg@10": metrics["best_metric"]}
