@@ -326,3 +326,19 @@ def test_a_dead_node_makes_the_other_fail_fast(tiny_prepared, tmp_path):
     assert nodes[0].returncode != 0
     assert elapsed < 30 + 60, log[-3000:]
     assert "DistributedTimeoutError" in log and "Relaunch to resume from the last checkpoint" in log, log[-3000:]
+
+
+def test_the_consolidated_export_of_two_ranks_serves_like_the_reference(reference, two_ranks, tiny_prepared):
+    """What serving loads (the 2-rank run's single-file export, no pickle) answers as the reference
+    checkpoint does: same items in the same order, scores within the parity tolerance."""
+    from dpr_dist.serving import Recommender
+
+    served = {name: Recommender.load(run / "steer", tiny_prepared) for name, run in (("ref", reference), ("dist", two_ranks))}
+    tag = served["ref"].catalogue.tag_names[0]
+    for user in (1, 2, 3):
+        for prompt in (None, f"more {tag}", {"less": [tag]}):
+            got = {name: rec.recommend(user=user, prompt=prompt, k=10) for name, rec in served.items()}
+            for side in ("dpr", "backbone"):
+                ref, dist = getattr(got["ref"], side), getattr(got["dist"], side)
+                assert [s.item.id for s in dist] == [s.item.id for s in ref], (user, prompt, side)
+                assert max(abs(a.score - b.score) for a, b in zip(dist, ref)) <= 1e-4
