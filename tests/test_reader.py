@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -59,6 +62,13 @@ def test_load_prepared_errors_name_the_file(prepared_dir):
     with pytest.raises(PreparedDataError, match=r"items\.parquet: item 3 has tag 'horror', not in manifest tags"):
         load_prepared(prepared_dir)
     manifest_path.write_text(json.dumps(manifest))
+    items_path = prepared_dir / schema.ITEMS_NAME
+    original_items = items_path.read_bytes()
+    table = pq.read_table(items_path)
+    pq.write_table(table.filter(pa.compute.not_equal(table["item_id"], 2)), items_path)  # a hole at id 2
+    with pytest.raises(PreparedDataError, match=r"items\.parquet: column 'item_id' must be 1\.\."):
+        load_prepared(prepared_dir)
+    items_path.write_bytes(original_items)
     (prepared_dir / schema.PROMPTS_NAME).unlink()
     with pytest.raises(PreparedDataError, match=r"prompts\.parquet: missing prompt table"):
         load_prepared(prepared_dir)

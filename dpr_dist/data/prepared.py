@@ -111,12 +111,13 @@ def load_prepared(root: str | Path, item_columns: tuple[str, ...] | None = None)
     table = pq.read_table(items_path, columns=None if item_columns is None else sorted({*item_columns, "item_id", "tags"}))
     table = table.take(pc.sort_indices(table["item_id"]))
     item_ids = table["item_id"].to_numpy()
+    # Ids first: the tag matrix indexes rows by id.
+    _check_ids(pd.DataFrame({"item_id": item_ids}), "item_id", 1, items_path)
     item_tag = item_tag_matrix(item_ids, table["tags"], list(manifest["tags"]), items_path)
     if item_columns is not None:
         table = table.select(list(item_columns))
     items = table.to_pandas()
     prompts = pd.read_parquet(prompts_path).sort_values("prompt_id", kind="stable").reset_index(drop=True)
-    _check_ids(items, "item_id", 1, items_path)
     _check_ids(prompts, "prompt_id", 0, prompts_path)
     embeddings = np.load(emb_path, allow_pickle=False)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(prompts):
