@@ -45,11 +45,15 @@ def popularity_counts(warmup_shards: Iterable[str | Path], num_items: int) -> np
         pending.append(hist)
         pending_size += hist.size
         if pending_size >= COUNT_BATCH_IDS:
-            counts += np.bincount(np.concatenate(pending), minlength=num_items + 1)
+            _add_counts(counts, pending)
             pending, pending_size = [], 0
-    if pending:
-        counts += np.bincount(np.concatenate(pending), minlength=num_items + 1)
+    _add_counts(counts, pending)
     return counts
+
+
+def _add_counts(counts: np.ndarray, id_arrays: list[np.ndarray]) -> None:
+    if id_arrays:
+        counts += np.bincount(np.concatenate(id_arrays), minlength=counts.size)
 
 
 def popularity_scores(counts, batch_size: int) -> torch.Tensor:

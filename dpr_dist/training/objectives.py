@@ -33,16 +33,25 @@ class Context:
     item_log_q: Tensor       # float [N+1]: log popularity sampling probability (sampled softmax)
     generator: torch.Generator  # negatives and prompt noise: the same state on every rank
     _centroids: dict = field(default_factory=dict, repr=False)
+    _samplers: dict = field(default_factory=dict, repr=False)
 
     def log_q(self, sampler: str) -> Tensor:
         """log q [N+1] of a negative sampler (row 0, padding, is never drawn)."""
-        if sampler == "popularity":
-            return self.item_log_q
-        if sampler == "uniform":
-            uniform = torch.full_like(self.item_log_q, -math.log(self.item_log_q.numel() - 1))
-            uniform[0] = float("-inf")
-            return uniform
-        raise ValueError(f"stage sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        return self.negative_sampler(sampler)[0]
+
+    def negative_sampler(self, sampler: str) -> tuple[Tensor, losses.NegativeSampler]:
+        """(log q, its sampler), built once per run: q is fixed, and building its CDF is a pass
+        over the whole catalogue that would otherwise repeat at every step."""
+        if sampler not in self._samplers:
+            if sampler == "popularity":
+                log_q = self.item_log_q
+            elif sampler == "uniform":
+                log_q = torch.full_like(self.item_log_q, -math.log(self.item_log_q.numel() - 1))
+                log_q[0] = float("-inf")
+            else:
+                raise ValueError(f"stage sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+            self._samplers[sampler] = (log_q, losses.NegativeSampler(log_q))
+        return self._samplers[sampler]
 
     def tag_centroids(self, item_table) -> Tensor:
         """Mean item embedding of each tag [T, d] (detached: the target of alignment, not trained).
@@ -60,8 +69,10 @@ def _next_item_loss(model, states: Tensor, targets: Tensor, stage: StageConfig, 
     if stage.loss == "full":
         return losses.full_softmax_ce(model.item_table, states, targets)
     if stage.loss == "sampled":
+        log_q, sampler = ctx.negative_sampler(stage.sampler)
+        negatives = sampler.draw(stage.num_negatives, ctx.generator)
         return losses.sampled_softmax_logq(
-            states, targets, model.item_table, stage.num_negatives, ctx.log_q(stage.sampler), ctx.generator
+            states, targets, model.item_table, stage.num_negatives, log_q, negative_ids=negatives
         )
     raise ValueError(f"stage loss must be 'full' or 'sampled', got {stage.loss!r}")
 
