@@ -197,7 +197,13 @@ def test_agrees_with_the_evaluation_harness_on_test_cases(served):
         fields = {name: torch.tensor([int(case[i])]) for name, i in schema.FIELD_INDEX.items()}
         batch = {**fields, "hist": left_pad([hist], rec.model.cfg.max_len)}
         exclude = metrics.exclusion_mask(left_pad([hist], len(hist)), prepared.num_items + 1)
-        scores = score_batch(rec.model, batch, exclude, inputs, ["backbone", "dpr", "dpr_hard"])
+        scores = score_batch(rec.model, batch, exclude, inputs, ["backbone", "dpr", "dpr_hard", "dpr+filter"])
+        # DPR + filter on a positive case: DPR's scores on the items carrying the requested tag,
+        # nothing rankable elsewhere.
+        tagged = prepared.item_tag[:, int(case[schema.FIELD_INDEX["pos_tag"]])].clone()
+        assert tagged.any() and not tagged.all()
+        assert torch.equal(scores["dpr+filter"][0, tagged], scores["dpr"][0, tagged])
+        assert torch.isneginf(scores["dpr+filter"][0, ~tagged]).all()
         text = texts[int(case[schema.FIELD_INDEX["pos_prompt"]])]
         history = [rec.catalogue.view(int(i)).id for i in hist]
         for method, prompt in (("dpr", text), ("dpr_hard", {"more": [text]})):

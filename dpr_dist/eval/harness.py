@@ -20,10 +20,13 @@ from dpr_dist.data.reader import ShardDataset
 from dpr_dist.eval import baselines, metrics
 
 # Methods evaluated per task. "dpr" uses the routing the model was trained with; "dpr_hard" routes by
-# the case's polarity label; "+filter" applies the hard filter on top.
+# the case's polarity label; "+filter" applies the hard filter on top. DPR_SPEC asks for DPR + filter
+# on negative prompts; on positive ones (ours) it tells whether DPR orders the requested tag's items
+# better than the backbone does, apart from how much mass it moves onto them.
 TASK_METHODS = {
     schema.TASK_STANDARD: ["popularity", "backbone", "dpr"],
-    schema.TASK_POSITIVE: ["popularity+filter", "backbone", "hard_filter", "rerank@50", "rerank@200", "dpr", "dpr_hard"],
+    schema.TASK_POSITIVE: ["popularity+filter", "backbone", "hard_filter", "rerank@50", "rerank@200", "dpr", "dpr_hard",
+                           "dpr+filter"],
     schema.TASK_NEGATIVE: ["popularity+filter", "backbone", "hard_filter", "rerank@50", "rerank@200", "dpr", "dpr_hard", "dpr+filter"],
     schema.TASK_COMBINED: ["popularity+filter", "backbone", "hard_filter", "rerank@50", "rerank@200", "dpr", "dpr_hard", "dpr+filter"],
 }
