@@ -162,8 +162,9 @@ def test_sasrec_rejects_overlong_input():
 
 # ---------------------------------------------------------------- steering
 
-def test_no_prompt_leaves_the_user_vector_bit_exact():
-    model = model_for()
+@pytest.mark.parametrize("gate_floor", [0.0, 0.05])
+def test_no_prompt_leaves_the_user_vector_bit_exact(gate_floor):
+    model = model_for(fusion_gate_floor=gate_floor)
     hist = random_hist(4, 10, seed=6)
     t = torch.randn(4, 3, PROMPT_DIM)
     pol = torch.tensor([[0, 0, 0], [POSITIVE, 0, NEGATIVE], [0, 0, 0], [0, UNLABELLED, 0]])
@@ -220,15 +221,32 @@ def _backprop_clauses(model: DPRModel, polarity: int) -> None:
     model.item_table.score_all(u).logsumexp(-1).sum().backward()
 
 
+@pytest.mark.parametrize("gate_floor", [0.0, 0.05])
 @pytest.mark.parametrize("polarity,silent,active", [(NEGATIVE, "pos", "neg"), (POSITIVE, "neg", "pos")])
-def test_hard_routing_isolates_the_polarity_groups(polarity, silent, active):
-    model = model_for(routing="hard", dropout=0.1)
+def test_hard_routing_isolates_the_polarity_groups(polarity, silent, active, gate_floor):
+    model = model_for(routing="hard", dropout=0.1, fusion_gate_floor=gate_floor)
     _backprop_clauses(model, polarity)
     for grad in _expert_grads(model, silent):
         assert grad is None or torch.count_nonzero(grad) == 0
     for expert in getattr(model.experts, active):
         assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in expert.parameters())
     assert torch.count_nonzero(model.experts.shared.mlp[0].weight.grad) > 0
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.05])
+def test_gate_floor_keeps_gradient_flowing_to_the_experts_behind_a_closed_gate(floor):
+    """A sigmoid gate at ~0 starves the experts of gradient (their delta is g * expert); the floor
+    (ours) keeps g >= floor, so they can still learn."""
+    model = model_for(routing="hard", fusion_gate_floor=floor)
+    with torch.no_grad():
+        model.fusion.linear.bias.fill_(-60.0)  # closed: sigmoid(-60) ~ 1e-26
+        gate = model(random_hist(2, 6, seed=1), torch.randn(2, 1, PROMPT_DIM), torch.tensor([[NEGATIVE]] * 2)).gate
+    assert float(gate.min()) >= floor
+    _backprop_clauses(model, NEGATIVE)
+    grad = float(model.experts.neg[0].mlp[-1].weight.grad.abs().max())
+    assert grad > 1e-4 if floor else grad < 1e-20, grad
+    with pytest.raises(ValueError, match="fusion_gate_floor must be in"):
+        small_cfg(fusion_gate_floor=1.0)
 
 
 def test_learned_routing_trains_both_groups():

@@ -88,6 +88,32 @@ def test_report_is_deterministic_and_no_prompt_path_equals_backbone(trained_run,
     assert r1["results"]["negative"]["all"]["dpr+filter"]["violation@10"] == 0.0
 
 
+def test_steer_ablation_remakes_align_for_an_untrained_module_only(trained_run, tmp_path):
+    """benchmarks/steer_ablation.py: a change of gate shape (scalar -> vector) keeps every trained
+    tensor and re-initialises the gate as the changed model would; a change to a trained module (the
+    backbone) is refused."""
+    from benchmarks.steer_ablation import remake_align
+    from dpr_dist.modules import build_model
+
+    reinit = remake_align(trained_run / "align", tmp_path / "align", {"model.fusion_gate": "vector"})
+    assert reinit == ["fusion.linear.bias", "fusion.linear.weight"]
+    old, _, _ = load_model(trained_run / "align")
+    new, cfg, metrics = load_model(tmp_path / "align")
+    assert cfg.model.fusion_gate == "vector" and metrics["reinitialised"] == reinit
+    for key, value in old.state_dict().items():
+        if key not in reinit:
+            assert torch.equal(value, new.state_dict()[key]), key
+    table = new.item_table.embedding.weight.detach()
+    fixed = new.item_table.fixed
+    fresh = build_model(cfg.model, table.shape[0] - 1, seed=cfg.seed,
+                        fixed_columns=table[:, table.shape[1] - fixed:] if fixed else None)
+    assert torch.equal(new.fusion.linear.weight, fresh.fusion.linear.weight)
+    assert new.fusion.linear.weight.shape[0] == cfg.model.hidden != old.fusion.linear.weight.shape[0]
+    with pytest.raises(SystemExit, match="an earlier stage trained it"):
+        remake_align(trained_run / "align", tmp_path / "refused", {"model.num_blocks": 2})
+    assert not (tmp_path / "refused").exists()
+
+
 def test_corrupt_or_partial_checkpoint_is_refused_by_name(trained_run, tmp_path):
     import shutil
 

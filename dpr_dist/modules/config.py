@@ -36,6 +36,11 @@ class ModelConfig:
     router_hidden: int = 64           # hidden width of the router gate over [h; t]
     routing: str = "learned"          # "learned" (soft gate) | "hard" (polarity label picks the group)
     fusion_gate: str = "scalar"       # g(h, z): one sigmoid per clause, or one per dimension
+    # Ours, beyond DPR_SPEC (0 = the spec's plain sigmoid): g = floor + (1 - floor) * sigmoid(.). A
+    # sigmoid that reaches ~0 passes no gradient to the experts behind it (their contribution is
+    # g * expert), so a clause whose gate closed early can never learn to steer; a floor keeps a
+    # share of the gradient flowing to them.
+    fusion_gate_floor: float = 0.0
     # Ours, beyond DPR_SPEC (off = the spec): the last T of the item table's d columns hold each
     # item's tag indicators (x tag_feature_scale) and are never trained; the backbone works in the
     # other d - T (its states are zero on the tag columns, so without a prompt nothing changes).
@@ -67,6 +72,8 @@ class ModelConfig:
                 raise ValueError(
                     f"ModelConfig.hidden={self.hidden} is not divisible by {name}={getattr(self, name)}"
                 )
+        if not 0.0 <= self.fusion_gate_floor < 1.0:
+            raise ValueError(f"ModelConfig.fusion_gate_floor must be in [0, 1), got {self.fusion_gate_floor}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.experts_read_history_tags and not self.tag_features:

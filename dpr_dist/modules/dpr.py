@@ -27,6 +27,7 @@ class StreamOutput:
     z: Tensor | None = None               # [B, C, d] projected clauses
     router_logits: Tensor | None = None   # [B, C, 2] polarity-group logits (POSITIVE_GROUP, NEGATIVE_GROUP)
     group_probs: Tensor | None = None     # [B, C, 2] group weights actually used (0/1 in hard mode)
+    gate: Tensor | None = None            # [B, C, 1 or d] fusion gate g of each clause
 
 
 class DPRModel(nn.Module):
@@ -90,11 +91,12 @@ class DPRModel(nn.Module):
         route = self.router(h, clause_emb)
         probs = group_probabilities(route.group_logits, clause_polarity, self.cfg.routing)
         mix = self.experts(memory, h, z, _readable(pad_mask, z.shape[1]), probs, route.pos_weights, route.neg_weights)
-        contrib = self.fusion(h, z) * mix
+        gate = self.fusion(h, z)
+        contrib = gate * mix
         # where(), not a multiplication by 0: a padding clause then adds exactly nothing, even -0.0.
         delta = torch.where(active.unsqueeze(-1), contrib, torch.zeros_like(contrib)).sum(dim=1)
         u = torch.where(active.any(dim=1, keepdim=True), h + delta, h)
-        return StreamOutput(u=u, h=h, z=z, router_logits=route.group_logits, group_probs=probs)
+        return StreamOutput(u=u, h=h, z=z, router_logits=route.group_logits, group_probs=probs, gate=gate)
 
     def _history_with_tags(self, H: Tensor, hist: Tensor) -> Tensor:
         """H with its (zero) fixed tag columns replaced by the history items' tag columns."""

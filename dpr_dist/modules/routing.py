@@ -19,6 +19,7 @@ UNLABELLED = 2     # a real clause of unknown polarity (free text): learned rout
 # Index of each polarity group in the router's group logits.
 POSITIVE_GROUP = 0
 NEGATIVE_GROUP = 1
+NUM_GROUPS = 2
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Router(nn.Module):
         self.gate = nn.Sequential(
             nn.Linear(cfg.hidden + cfg.prompt_dim, cfg.router_hidden),
             nn.ReLU(),
-            nn.Linear(cfg.router_hidden, 2 + cfg.num_pos_experts + cfg.num_neg_experts),
+            nn.Linear(cfg.router_hidden, NUM_GROUPS + cfg.num_pos_experts + cfg.num_neg_experts),
         )
 
     def forward(self, h: Tensor, t: Tensor) -> Route:
