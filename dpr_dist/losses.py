@@ -75,6 +75,7 @@ class NegativeSampler:
     """
 
     def __init__(self, item_log_q: Tensor):
+        self.log_q = item_log_q  # [N+1]: the logQ correction that matches these draws
         probs = item_log_q.detach().cpu().double().exp()
         probs[PAD_ID] = 0.0
         self._cdf = torch.cumsum(probs, 0)

@@ -37,11 +37,11 @@ class Context:
 
     def log_q(self, sampler: str) -> Tensor:
         """log q [N+1] of a negative sampler (row 0, padding, is never drawn)."""
-        return self.negative_sampler(sampler)[0]
+        return self.negative_sampler(sampler).log_q
 
-    def negative_sampler(self, sampler: str) -> tuple[Tensor, losses.NegativeSampler]:
-        """(log q, its sampler), built once per run: q is fixed, and building its CDF is a pass
-        over the whole catalogue that would otherwise repeat at every step."""
+    def negative_sampler(self, sampler: str) -> losses.NegativeSampler:
+        """The named sampler (it carries its log q), built once per run: q is fixed, and building
+        its CDF is a pass over the whole catalogue that would otherwise repeat at every step."""
         if sampler not in self._samplers:
             if sampler == "popularity":
                 log_q = self.item_log_q
@@ -50,7 +50,7 @@ class Context:
                 log_q[0] = float("-inf")
             else:
                 raise ValueError(f"stage sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-            self._samplers[sampler] = (log_q, losses.NegativeSampler(log_q))
+            self._samplers[sampler] = losses.NegativeSampler(log_q)
         return self._samplers[sampler]
 
     def tag_centroids(self, item_table) -> Tensor:
@@ -69,10 +69,10 @@ def _next_item_loss(model, states: Tensor, targets: Tensor, stage: StageConfig, 
     if stage.loss == "full":
         return losses.full_softmax_ce(model.item_table, states, targets)
     if stage.loss == "sampled":
-        log_q, sampler = ctx.negative_sampler(stage.sampler)
+        sampler = ctx.negative_sampler(stage.sampler)
         negatives = sampler.draw(stage.num_negatives, ctx.generator)
         return losses.sampled_softmax_logq(
-            states, targets, model.item_table, stage.num_negatives, log_q, negative_ids=negatives
+            states, targets, model.item_table, stage.num_negatives, sampler.log_q, negative_ids=negatives
         )
     raise ValueError(f"stage loss must be 'full' or 'sampled', got {stage.loss!r}")
 
