@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from dpr_dist.common.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
 from dpr_dist.eval.report import aggregate_seeds  # noqa: E402
+from dpr_dist.training.checkpoint import COMPLETE  # noqa: E402
 
 # (task, method, metric) rows of the summary; the goal column quotes DPR_SPEC.md.
 ROWS = [
@@ -75,12 +76,17 @@ def one_run(args, backbone: str, seed: int) -> dict:
             *args.set]
     run([sys.executable, "-m", "launch.train", "--config", str(args.train_config),
          *sum((["--set", s] for s in sets), [])], out / "run.log")
+    return json.loads(evaluate_on_test(out, out / "run.log").read_text())
+
+
+def evaluate_on_test(out: Path, log: Path) -> Path:
+    """``<out>/report/report.json`` of ``<out>/steer`` on the TEST split, made again only if it is
+    missing or older than the steer checkpoint (a finished evaluation is kept)."""
     report = out / "report" / "report.json"
-    steer = out / "steer" / "COMPLETE"
-    if not report.exists() or report.stat().st_mtime < steer.stat().st_mtime:
+    if not report.exists() or report.stat().st_mtime < (out / "steer" / COMPLETE).stat().st_mtime:
         run([sys.executable, "-m", "launch.evaluate", "--checkpoint", str(out / "steer"),
-             "--out", str(out / "report"), "--split", "test"], out / "run.log")
-    return json.loads(report.read_text())
+             "--out", str(out / "report"), "--split", "test"], log)
+    return report
 
 
 def value(results: dict, task: str, method: str, metric: str):

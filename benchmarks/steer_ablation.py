@@ -9,9 +9,10 @@ The align checkpoint is re-made for the changed model: every tensor whose name a
 is copied (the trained backbone, table and projection, and the initial weights of the modules only
 the steer stage trains); a tensor that no longer fits must belong to a module no earlier stage
 trained, and takes the changed model's seeded initialisation, as a run from scratch with the change
-would have it. A change to a trained module is refused (it needs a new run). Writes ``<out>/warmup`` (copied), ``<out>/align``
-(re-made: its config is the changed one, its metrics name the source and the re-initialised
-tensors), ``<out>/steer`` and ``<out>/report``. Rerunning the command skips what is up to date.
+would have it. A change to a trained module is refused (it needs a new run). Writes
+``<out>/warmup`` (copied), ``<out>/align`` (re-made: its config is the changed one, its metrics name
+the source and the re-initialised tensors), ``<out>/steer`` and ``<out>/report``. Rerunning the
+command skips what is up to date.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_quality import run  # noqa: E402
+from benchmarks.bench_quality import evaluate_on_test, run  # noqa: E402
 from dpr_dist.common.configio import load_yaml, parse_overrides  # noqa: E402
 from dpr_dist.modules import build_model  # noqa: E402
 from dpr_dist.training.checkpoint import COMPLETE, load_checkpoint, save_checkpoint  # noqa: E402
@@ -76,11 +77,7 @@ def main(argv=None) -> int:
         print(f"re-initialised for the changed model: {remake_align(src / 'align', out / 'align', overrides)}")
     log = out / "run.log"
     run([sys.executable, "-m", "launch.train", "--config", str(out / "align" / "config.yaml"), "--stage", "steer"], log)
-    report = out / "report" / "report.json"
-    if not report.exists() or report.stat().st_mtime < (out / "steer" / COMPLETE).stat().st_mtime:
-        run([sys.executable, "-m", "launch.evaluate", "--checkpoint", str(out / "steer"),
-             "--out", str(out / "report"), "--split", "test"], log)
-    print(f"report: {report}")
+    print(f"report: {evaluate_on_test(out, log)}")
     return 0
 
 

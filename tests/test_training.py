@@ -114,6 +114,26 @@ def test_steer_ablation_remakes_align_for_an_untrained_module_only(trained_run, 
     assert not (tmp_path / "refused").exists()
 
 
+def test_benchmark_evaluation_is_kept_until_the_steer_checkpoint_is_newer(trained_run, tmp_path):
+    """benchmarks/bench_quality.py evaluate_on_test (shared by steer_ablation.py): a finished report
+    is not recomputed on a rerun, and is recomputed once the steer checkpoint is replaced."""
+    import os
+    import shutil
+
+    from benchmarks.bench_quality import evaluate_on_test
+
+    shutil.copytree(trained_run / "steer", tmp_path / "steer")
+    report = evaluate_on_test(tmp_path, tmp_path / "run.log")
+    first = json.loads(report.read_text())
+    assert first["split"] == "test" and report == tmp_path / "report" / "report.json"
+    made = report.stat().st_mtime_ns
+    assert evaluate_on_test(tmp_path, tmp_path / "run.log").stat().st_mtime_ns == made
+    later = made / 1e9 + 10
+    os.utime(tmp_path / "steer" / "COMPLETE", (later, later))
+    assert evaluate_on_test(tmp_path, tmp_path / "run.log").stat().st_mtime_ns > made
+    assert (tmp_path / "run.log").read_text().count("launch.evaluate") == 2
+
+
 def test_corrupt_or_partial_checkpoint_is_refused_by_name(trained_run, tmp_path):
     import shutil
 
