@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO))
 from dpr_dist.common import schema  # noqa: E402
 from dpr_dist.data.clauses import clause_inputs  # noqa: E402
 from dpr_dist.data.prepared import load_prepared  # noqa: E402
-from dpr_dist.eval.harness import _batches, read_cases  # noqa: E402
+from dpr_dist.eval.harness import case_batches, read_cases  # noqa: E402
+from dpr_dist.modules import NO_CLAUSE  # noqa: E402
 from dpr_dist.training.run import load_model  # noqa: E402
 
 CLOSED = 0.01
@@ -37,10 +38,10 @@ def gate_stats(model, prepared, split: str, max_cases: int | None) -> dict[tuple
     rows: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for task, tag_field in TASK_TAG.items():
         cases = read_cases(prepared, split, task, max_cases)
-        for batch, _ in _batches(cases, 256, model.cfg.max_len, prepared.num_items + 1):
+        for batch, _ in case_batches(cases, 256, model.cfg.max_len, prepared.num_items + 1):
             clause_emb, polarity = clause_inputs(batch["pos_prompt"], batch["neg_prompt"], prepared.prompt_embeddings)
             out = model(batch["hist"], clause_emb, polarity)
-            active = (polarity != 0).float().argmax(dim=1)  # these tasks hold one clause per case
+            active = (polarity != NO_CLAUSE).float().argmax(dim=1)  # these tasks hold one clause per case
             gate = out.gate[torch.arange(len(active)), active].mean(-1)
             delta = out.u - out.h
             tags = batch[tag_field]

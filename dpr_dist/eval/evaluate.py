@@ -11,7 +11,7 @@ from dpr_dist.common import schema
 from dpr_dist.data.prepared import Prepared
 from dpr_dist.eval import baselines, metrics
 from dpr_dist.eval.report import summarise_task
-from dpr_dist.eval.harness import TASK_METHODS, EvalInputs, _batches, evaluate_task, read_cases
+from dpr_dist.eval.harness import TASK_METHODS, EvalInputs, case_batches, evaluate_task, read_cases
 
 RERANK_TASKS = (schema.TASK_POSITIVE, schema.TASK_NEGATIVE, schema.TASK_COMBINED)
 
@@ -33,7 +33,7 @@ def tune_rerank(model, prepared: Prepared, inputs: EvalInputs, task: str, depths
     if not cases or inputs.item_text_emb is None:
         return {}
     base, excl, targets, pos, neg = [], [], [], [], []
-    for batch, exclude in _batches(cases, 512, model.cfg.max_len, prepared.num_items + 1):
+    for batch, exclude in case_batches(cases, 512, model.cfg.max_len, prepared.num_items + 1):
         _, h = model.encode_history(batch["hist"])
         base.append(model.item_table.score_all(h))
         excl.append(exclude)

@@ -122,7 +122,8 @@ def read_cases(prepared, split: str, task: str, max_cases: int | None = None) ->
     return list(itertools.islice(stream, max_cases))
 
 
-def _batches(cases: list[tuple[np.ndarray, np.ndarray]], batch_size: int, max_len: int, num_columns: int):
+def case_batches(cases: list[tuple[np.ndarray, np.ndarray]], batch_size: int, max_len: int, num_columns: int):
+    """Model batches of ``cases`` (history, row), each with the mask of items a ranking must skip."""
     for lo in range(0, len(cases), batch_size):
         chunk = cases[lo: lo + batch_size]
         hists = [h for h, _ in chunk]
@@ -155,7 +156,7 @@ def evaluate_task(
     result = TaskResult(fields={name: table[:, i] for name, i in schema.FIELD_INDEX.items()})
     parts: dict[str, list] = {m: [] for m in methods}
     suppressed = task in (schema.TASK_NEGATIVE, schema.TASK_COMBINED)
-    for batch, exclude in _batches(cases, batch_size, model.cfg.max_len, prepared.num_items + 1):
+    for batch, exclude in case_batches(cases, batch_size, model.cfg.max_len, prepared.num_items + 1):
         for method, scores in score_batch(model, batch, exclude, inputs, methods).items():
             parts[method].append(metrics.case_metrics(
                 scores, batch["target"], exclude, ks=ks,
