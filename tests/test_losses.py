@@ -326,3 +326,24 @@ def test_stage_sampler_uniform_draws_every_item_alike_and_corrects_by_one_over_n
     expected = np_logsumexp(logits) - logits[:, 0]
     got = sampled_softmax_logq(u, pos, model.item_table, 0, ctx.log_q("uniform"), negative_ids=negatives).mean()
     assert got.item() == pytest.approx(float(expected.mean()), rel=1e-5)
+
+
+def test_prompt_noise_jitters_only_real_clauses_on_the_unit_sphere_and_reproducibly():
+    """steer.prompt_noise: every clause is moved (cosine to the original near 1/sqrt(1 + s^2 D)),
+    stays unit length, padding slots are left bit-identical, and a seeded generator repeats the draw."""
+    from dpr_dist.training.objectives import jitter_prompts
+
+    dim, std = 384, 0.05
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(64, 2, dim, generator=gen), dim=-1)
+    polarity = torch.tensor([[1, 0], [-1, 1], [0, 0], [2, -1]]).repeat(16, 1)
+    got = jitter_prompts(emb, polarity, std, torch.Generator().manual_seed(5))
+    real = polarity != 0
+    assert torch.equal(got[~real], emb[~real])
+    norms = got[real].norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    cos = (got[real] * emb[real]).sum(-1)
+    assert float(cos.max()) < 0.99  # each real clause moved
+    assert float(cos.mean()) == pytest.approx(1 / np.sqrt(1 + std**2 * dim), abs=0.02)
+    assert torch.equal(jitter_prompts(emb, polarity, std, torch.Generator().manual_seed(5)), got)
+    assert not torch.equal(jitter_prompts(emb, polarity, std, torch.Generator().manual_seed(6)), got)
