@@ -1,12 +1,15 @@
 """How far the fusion gate opens, per task and tag, on a checkpoint's cases: finds gates that closed.
 
-    python benchmarks/steering_gates.py --checkpoint runs/ml-1m/steer [--split test] [--max-cases 2000]
+    python benchmarks/steering_gates.py --checkpoint runs/ml-1m/steer [--split test] [--max-cases 2000] \
+        [--by tag|phrasing]
 
 For each positive and negative case the single clause's gate g (mean over its dimensions), the
 length of the steering delta u - h and, with fixed tag columns (model.tag_features), the delta on
 the named tag's own column (> 0 raises every item of the tag, < 0 lowers them). A gate near 0
 passes almost no gradient to itself or to the experts behind it (sigmoid'(x) = g (1 - g)): the
-steering of that tag is then off for good. Prints a Markdown table.
+steering of that tag is then off for good. ``--by phrasing`` groups the cases by seen vs held-out
+phrasing instead of by tag (is a held-out wording steered as hard as a training one?). Prints a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ TASK_TAG = {schema.TASK_POSITIVE: "pos_tag", schema.TASK_NEGATIVE: "neg_tag"}
 
 
 @torch.no_grad()
-def gate_stats(model, prepared, split: str, max_cases: int | None) -> dict[tuple[str, str], dict]:
+def gate_stats(model, prepared, split: str, max_cases: int | None, by: str = "tag") -> dict[tuple[str, str], dict]:
     fixed = model.item_table.fixed
     rows: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for task, tag_field in TASK_TAG.items():
@@ -49,8 +52,9 @@ def gate_stats(model, prepared, split: str, max_cases: int | None) -> dict[tuple
                 on_tag = delta.gather(1, (delta.shape[1] - fixed + tags).unsqueeze(1)).squeeze(1)
             else:
                 on_tag = torch.full_like(gate, float("nan"))
-            for i, tag in enumerate(tags.tolist()):
-                rows.setdefault((task, prepared.tag_names[tag]), []).append(
+            for i, (tag, held_out) in enumerate(zip(tags.tolist(), batch["held_out"].tolist())):
+                group = prepared.tag_names[tag] if by == "tag" else ("held-out" if held_out else "seen")
+                rows.setdefault((task, group), []).append(
                     (float(gate[i]), float(delta[i].norm()), float(on_tag[i])))
     stats = {}
     for key, values in rows.items():
@@ -66,13 +70,14 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", type=Path, help="prepared data (default: the checkpoint's data_dir)")
     ap.add_argument("--split", default="valid", choices=["valid", "test"])
     ap.add_argument("--max-cases", type=int, default=2000, help="per task")
+    ap.add_argument("--by", default="tag", choices=["tag", "phrasing"], help="group cases by tag or by seen / held-out phrasing")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, cfg, _ = load_model(args.checkpoint)
     prepared = load_prepared(args.data_dir or cfg.data_dir)
-    stats = gate_stats(model, prepared, args.split, args.max_cases)
+    stats = gate_stats(model, prepared, args.split, args.max_cases, args.by)
     print(f"{args.checkpoint} ({args.split}, up to {args.max_cases} cases per task)\n")
-    print(f"| task | tag | cases | gate mean | share gate < {CLOSED} | norm of u - h | delta on the tag's column |")
+    print(f"| task | {args.by} | cases | gate mean | share gate < {CLOSED} | norm of u - h | delta on the tag's column |")
     print("|---|---|---|---|---|---|---|")
     for (task, tag), s in sorted(stats.items(), key=lambda kv: (kv[0][0], -kv[1]["cases"])):
         print(f"| {task} | {tag} | {s['cases']} | {s['gate']:.3f} | {s['closed']:.0%} | {s['delta_norm']:.2f} | {s['delta_on_tag']:+.2f} |")
