@@ -46,7 +46,7 @@ def run_variant(name: str, prepared, args) -> dict:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def step(batch):
-            H, _ = model.encode_history(batch["hist"])
+            H = model.encode_history(batch["hist"]).H
             keep = batch["labels"] > 0
             scores = model.item_table.score_all(H[keep])
             loss = torch.nn.functional.cross_entropy(scores[:, 1:], batch["labels"][keep] - 1)

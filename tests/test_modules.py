@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -94,8 +96,8 @@ def test_backbone_is_causal_exactly(backbone, impl):
     changed = hist.clone()
     changed[:, 6:] = torch.randint(1, NUM_ITEMS + 1, (6, 4), generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
-        H, _ = model.encode_history(hist)
-        H2, _ = model.encode_history(changed)
+        H = model.encode_history(hist).H
+        H2 = model.encode_history(changed).H
     assert torch.equal(H[:, :6], H2[:, :6])
     assert not torch.allclose(H[:, 6:], H2[:, 6:])
 
@@ -106,8 +108,8 @@ def test_more_left_padding_gives_the_same_user_state(backbone, layout):
     hist = random_hist(5, 7, seed=2)
     padded = torch.cat([torch.zeros(5, 5, dtype=torch.long), hist], dim=1)
     with torch.no_grad():
-        H, h = model.encode_history(hist)
-        H_long, h_long = model.encode_history(padded)
+        short, long = model.encode_history(hist), model.encode_history(padded)
+        H, h, H_long, h_long = short.H, short.h, long.H, long.h
     torch.testing.assert_close(h_long, h, rtol=0, atol=1e-6)
     torch.testing.assert_close(H_long[:, 5:], H, rtol=0, atol=1e-6)
     assert torch.equal(H_long[:, :5], torch.zeros(5, 5, 16))  # padding states are zero
@@ -131,8 +133,8 @@ def test_history_longer_than_max_len_keeps_the_most_recent_items():
     model = model_for()
     hist = random_hist(3, 20, seed=4, min_len=20)
     with torch.no_grad():
-        _, h = model.encode_history(hist)
-        _, h_recent = model.encode_history(hist[:, -12:])
+        h = model.encode_history(hist).h
+        h_recent = model.encode_history(hist[:, -12:]).h
     assert torch.equal(h, h_recent)
 
 
@@ -180,12 +182,12 @@ def test_no_prompt_leaves_the_user_vector_bit_exact(gate_floor):
 def test_rows_without_clauses_keep_h_byte_for_byte_even_negative_zero():
     model = model_for()
     hist = random_hist(2, 6, seed=10)
-    H, h = model.encode_history(hist)
-    h = h.detach().clone()
+    history = model.encode_history(hist)
+    h = history.h.detach().clone()
     h[:, 0] = -0.0  # -0.0 + 0.0 would be +0.0: "u == h" must hold for the bytes, not just the values
     pol = torch.tensor([[NO_CLAUSE], [POSITIVE]])
     with torch.no_grad():
-        u = model.steer(H, h, hist, torch.randn(2, 1, PROMPT_DIM), pol).u
+        u = model.steer(dataclasses.replace(history, h=h), torch.randn(2, 1, PROMPT_DIM), pol).u
     assert u[0].numpy().tobytes() == h[0].numpy().tobytes()
 
 
@@ -300,7 +302,7 @@ def test_warmup_path_learns_a_successor_rule(backbone):
 
     for _ in range(60):
         seq = batch(32)
-        H, _ = model.encode_history(seq[:, :-1])
+        H = model.encode_history(seq[:, :-1]).H
         loss = full_softmax_ce(model.item_table, H, seq[:, 1:]).mean()
         table_opt.zero_grad()
         dense_opt.zero_grad()
@@ -367,6 +369,22 @@ def test_experts_read_history_tags_only_when_asked(reads_tags):
     assert torch.equal(outs[0].u, outs[1].u) != reads_tags
     if reads_tags:
         assert (outs[0].u - outs[1].u).abs().amax(dim=1).min() > 0  # every row read its own tags
+
+
+def test_the_experts_tag_read_costs_no_second_table_lookup():
+    """With experts_read_history_tags, one lookup of the history serves the backbone and the
+    experts' read (on a sharded table every lookup is a collective)."""
+    tags = (torch.rand(NUM_ITEMS + 1, 3, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    tags[0] = 0
+    model = build_model(small_cfg(tag_features=True, experts_read_history_tags=True), NUM_ITEMS, fixed_columns=tags)
+    looked_up = []
+    lookup = model.item_table.lookup
+    model.item_table.lookup = lambda ids: looked_up.append(ids.shape) or lookup(ids)
+    hist = random_hist(3, 8, seed=2)
+    history = model.encode_history(hist)
+    out = model.steer(history, torch.randn(3, 1, PROMPT_DIM), torch.tensor([[POSITIVE], [NEGATIVE], [POSITIVE]]))
+    assert looked_up == [hist.shape]
+    assert torch.equal(history.tags, tags[hist] * 1.0) and not torch.equal(out.u, out.h)
 
 
 def test_experts_read_history_tags_needs_tag_columns():

@@ -133,13 +133,13 @@ def test_chunked_top_k_with_filter_matches_brute_force(served):
     seq = rec.resolve_history(user=7)
     # Recompute u and h with the model directly (hard routing for labelled clauses).
     hist = left_pad([np.asarray(seq)], rec.model.cfg.max_len)
-    H, h = rec.model.encode_history(hist)
+    history = rec.model.encode_history(hist)
     emb, _ = rec.prompts.embed(["tag3", "tag0"])
-    u = rec._labelled_model.steer(H, h, hist, emb.unsqueeze(0), torch.tensor([[1, -1]])).u
+    u = rec._labelled_model.steer(history, emb.unsqueeze(0), torch.tensor([[1, -1]])).u
     weight = rec.model.item_table.weight.detach()
     tagged = set(torch.nonzero(rec.catalogue.item_tag[:, rec.catalogue.tag_names.index("tag0")]).flatten().tolist())
     want_dpr = _brute_top_k((u @ weight.T)[0], set(seq) | tagged, 25)
-    want_base = _brute_top_k((h @ weight.T)[0], set(seq), 25)
+    want_base = _brute_top_k((history.h @ weight.T)[0], set(seq), 25)
     got_dpr = [rec.catalogue.id_of(s.item.id, "x") for s in out.dpr]
     got_base = [rec.catalogue.id_of(s.item.id, "x") for s in out.backbone]
     assert got_dpr == want_dpr and got_base == want_base

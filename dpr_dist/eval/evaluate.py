@@ -34,7 +34,7 @@ def tune_rerank(model, prepared: Prepared, inputs: EvalInputs, task: str, depths
         return {}
     base, excl, targets, pos, neg = [], [], [], [], []
     for batch, exclude in case_batches(cases, 512, model.cfg.max_len, prepared.num_items + 1):
-        _, h = model.encode_history(batch["hist"])
+        h = model.encode_history(batch["hist"]).h
         base.append(model.item_table.score_all(h))
         excl.append(exclude)
         targets.append(batch["target"])

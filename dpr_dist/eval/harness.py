@@ -68,8 +68,8 @@ def _with_routing(model, mode: str):
 def score_batch(model, batch: dict, exclude: torch.Tensor, inputs: EvalInputs, methods: list[str]) -> dict[str, torch.Tensor]:
     """Scores [B, N+1] of every requested method on one batch of cases."""
     out: dict[str, torch.Tensor] = {}
-    H, h = model.encode_history(batch["hist"])
-    base = model.item_table.score_all(h)
+    history = model.encode_history(batch["hist"])
+    base = model.item_table.score_all(history.h)
     pos_tag, neg_tag = batch["pos_tag"], batch["neg_tag"]
     clause_emb, polarity = clause_inputs(batch["pos_prompt"], batch["neg_prompt"], inputs.prompt_emb)
     dpr_scores = {}
@@ -78,10 +78,10 @@ def score_batch(model, batch: dict, exclude: torch.Tensor, inputs: EvalInputs, m
         key = mode or "trained"
         if key not in dpr_scores:
             if mode is None:
-                u = model.steer(H, h, batch["hist"], clause_emb, polarity).u
+                u = model.steer(history, clause_emb, polarity).u
             else:
                 with _with_routing(model, mode):
-                    u = model.steer(H, h, batch["hist"], clause_emb, polarity).u
+                    u = model.steer(history, clause_emb, polarity).u
             dpr_scores[key] = model.item_table.score_all(u)
         return dpr_scores[key]
 

@@ -6,7 +6,7 @@ import torch
 
 from .backbones import BACKBONES, Backbone, build_backbone
 from .config import ModelConfig
-from .dpr import DPRModel, StreamOutput
+from .dpr import DPRModel, EncodedHistory, StreamOutput
 from .item_table import ItemTable, PlainItemTable
 from .routing import NEGATIVE, NO_CLAUSE, POSITIVE, UNLABELLED
 
@@ -29,6 +29,6 @@ def build_model(
 
 
 __all__ = [
-    "BACKBONES", "Backbone", "DPRModel", "ItemTable", "ModelConfig", "NEGATIVE", "NO_CLAUSE",
+    "BACKBONES", "Backbone", "DPRModel", "EncodedHistory", "ItemTable", "ModelConfig", "NEGATIVE", "NO_CLAUSE",
     "POSITIVE", "PlainItemTable", "StreamOutput", "UNLABELLED", "build_backbone", "build_model",
 ]

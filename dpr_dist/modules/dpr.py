@@ -21,6 +21,16 @@ from .routing import NO_CLAUSE, Router, group_probabilities
 
 
 @dataclass
+class EncodedHistory:
+    """What ``DPRModel.encode_history`` reads off a history: all that ``steer`` needs besides the prompt."""
+
+    H: Tensor                      # [B, L', d] per-position states (fixed tag columns zero)
+    h: Tensor                      # [B, d] user state, H[:, -1]
+    ids: Tensor                    # [B, L'] the item ids read (the max_len most recent; 0 = padding)
+    tags: Tensor | None = None     # [B, L', T] their fixed tag columns (ModelConfig.experts_read_history_tags)
+
+
+@dataclass
 class StreamOutput:
     u: Tensor                             # [B, d] steered user vector (== h without prompt)
     h: Tensor                             # [B, d] backbone user state
@@ -46,14 +56,17 @@ class DPRModel(nn.Module):
         self.router = Router(cfg)
         self.fusion = FusionGate(cfg)
 
-    def encode_history(self, hist: Tensor) -> tuple[Tensor, Tensor]:
-        """hist LongTensor [B, L], left-padded with 0 -> (H [B, L', d], h [B, d]).
+    def encode_history(self, hist: Tensor) -> EncodedHistory:
+        """hist LongTensor [B, L], left-padded with 0 -> H [B, L', d], h [B, d] and what steer reads.
 
         Histories longer than max_len keep their max_len most recent items (L' = min(L, max_len)).
+        One lookup serves the backbone and the experts' tag read (a lookup of a sharded table is a
+        collective: doing it once per step matters).
         """
         hist = hist[:, -self.cfg.max_len :]
         emb = self.item_table.lookup(hist)
         fixed = self.item_table.fixed
+        tags = emb[..., -fixed:].detach() if fixed and self.cfg.experts_read_history_tags else None
         if fixed:
             # Fixed tag columns (ModelConfig.tag_features) are a steering-only subspace: the backbone
             # neither reads nor writes them, so without a prompt the scores are those of the
@@ -62,30 +75,29 @@ class DPRModel(nn.Module):
         H = self.backbone(emb, hist == PAD_ID)
         if fixed:
             H = torch.cat([H[..., :-fixed], torch.zeros_like(H[..., -fixed:])], dim=-1)
-        return H, H[:, -1]
+        return EncodedHistory(H=H, h=H[:, -1], ids=hist, tags=tags)
 
     def project_prompt(self, t: Tensor) -> Tensor:
         """z = P(t) for the align stage; t [..., prompt_dim] -> [..., d]."""
         return self.projection(t)
 
     def steer(
-        self, H: Tensor, h: Tensor, hist: Tensor,
-        clause_emb: Tensor | None, clause_polarity: Tensor | None,
+        self, history: EncodedHistory, clause_emb: Tensor | None, clause_polarity: Tensor | None,
     ) -> StreamOutput:
-        """Apply up to C clauses to the user state (H, h from ``encode_history(hist)``).
+        """Apply up to C clauses to the user state of ``history`` (from ``encode_history``).
 
         clause_emb [B, C, prompt_dim]; clause_polarity LongTensor [B, C] with +1 / -1 / 0 (no
         clause) / 2 (unlabelled, learned routing only). A row whose clauses are all 0 gets u == h
         bit-exactly; with no clause tensor at all, u is h itself.
         """
+        H, h = history.H, history.h
         if clause_emb is None or clause_emb.shape[1] == 0:
             return StreamOutput(u=h, h=h)
         if clause_polarity is None or clause_polarity.shape != clause_emb.shape[:2]:
             got = None if clause_polarity is None else tuple(clause_polarity.shape)
             raise ValueError(f"clause_polarity must have shape {tuple(clause_emb.shape[:2])}, got {got}")
-        hist = hist[:, -H.shape[1] :]
-        pad_mask = hist == PAD_ID
-        memory = self._history_with_tags(H, hist) if self.cfg.experts_read_history_tags else H
+        pad_mask = history.ids == PAD_ID
+        memory = self._history_with_tags(history) if self.cfg.experts_read_history_tags else H
         active = clause_polarity != NO_CLAUSE
         z = self.projection(clause_emb)
         route = self.router(h, clause_emb)
@@ -98,19 +110,18 @@ class DPRModel(nn.Module):
         u = torch.where(active.any(dim=1, keepdim=True), h + delta, h)
         return StreamOutput(u=u, h=h, z=z, router_logits=route.group_logits, group_probs=probs, gate=gate)
 
-    def _history_with_tags(self, H: Tensor, hist: Tensor) -> Tensor:
+    @staticmethod
+    def _history_with_tags(history: EncodedHistory) -> Tensor:
         """H with its (zero) fixed tag columns replaced by the history items' tag columns."""
-        fixed = self.item_table.fixed
-        if not fixed:
+        if history.tags is None:
             raise ValueError("experts_read_history_tags needs tag_features (fixed tag columns in the item table)")
-        tags = self.item_table.lookup(hist)[..., -fixed:].detach()
-        return torch.cat([H[..., :-fixed], tags.to(H.dtype)], dim=-1)
+        fixed = history.tags.shape[-1]
+        return torch.cat([history.H[..., :-fixed], history.tags.to(history.H.dtype)], dim=-1)
 
     def forward(
         self, hist: Tensor, clause_emb: Tensor | None = None, clause_polarity: Tensor | None = None
     ) -> StreamOutput:
-        H, h = self.encode_history(hist)
-        return self.steer(H, h, hist, clause_emb, clause_polarity)
+        return self.steer(self.encode_history(hist), clause_emb, clause_polarity)
 
     def user_vectors(
         self, hist: Tensor, clause_emb: Tensor | None = None, clause_polarity: Tensor | None = None

@@ -220,14 +220,14 @@ class Recommender:
 
         start = time.perf_counter()
         hist = left_pad([np.asarray(seq, dtype=np.int64)], self.model.cfg.max_len)
-        H, h = self.model.encode_history(hist)
+        history = self.model.encode_history(hist)
         p_more = [1.0 if c.polarity == POSITIVE else 0.0 for c in clauses]
-        u = h
+        u = history.h
         if clauses:
             polarity = torch.tensor([[UNLABELLED if c.polarity is None else c.polarity for c in clauses]])
             labelled = all(c.polarity is not None for c in clauses)
             steering = self._labelled_model if labelled else self.model
-            out = steering.steer(H, h, hist, emb.unsqueeze(0), polarity)
+            out = steering.steer(history, emb.unsqueeze(0), polarity)
             u = out.u
             # The router's own opinion, also when the labels decided the routing.
             p_more = torch.softmax(out.router_logits[0], dim=-1)[:, 0].tolist()
@@ -240,7 +240,7 @@ class Recommender:
 
         start = time.perf_counter()
         filtered = sorted({t for c in parsed if c.polarity == NEGATIVE for t in c.tags}) if filter else []
-        scores, ids = self.top_k(torch.cat([u, h]), seq, filtered, k)
+        scores, ids = self.top_k(torch.cat([u, history.h]), seq, filtered, k)
         timings["ranking"] = _ms_since(start)
         dpr_list, backbone_list = (self._scored(scores[row], ids[row]) for row in (0, 1))
         return Recommendation(user, seq, parsed, dpr_list, backbone_list, filter, filtered, timings)

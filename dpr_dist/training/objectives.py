@@ -82,7 +82,7 @@ def warmup_loss(model, batch: dict, stage: StageConfig, ctx: Context) -> Terms:
     """Next-item loss at every position of the training sequences (no prompts); optionally
     (``tag_weight`` > 0, ours) an item-tag InfoNCE that lays the tags out in the item table, so the
     steer stage can move the user vector towards a tag through the same table it scores with."""
-    H, _ = model.encode_history(batch["hist"])
+    H = model.encode_history(batch["hist"]).H
     labels = batch["labels"]
     keep = labels > 0
     terms: Terms = {"next_item": (1.0, _next_item_loss(model, H[keep], labels[keep], stage, ctx))}
