@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from data_pipeline.templates import Phrasings
+
 
 @dataclass
 class SyntheticConfig:
@@ -65,6 +67,7 @@ class DataConfig:
     recent_window: int = 20
     steer_cases_per_user: int = 8     # training positions sampled per user for the steer stage
     heldout_fraction: float = 0.5     # share of evaluation prompts phrased with held-out templates
+    phrasings: Phrasings = field(default_factory=Phrasings)  # templates; default: DEFAULT_PHRASINGS
     max_users: int | None = None      # keep only the first N users (by dense id): small runs
     catalogue: str = "interactions"   # items that occur (DPR_SPEC) | all_items: every item of the metadata (ours)
     # Sharding.

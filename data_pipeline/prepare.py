@@ -52,6 +52,7 @@ from data_pipeline.manifest import (
 from data_pipeline.progress import ShardRow, StepTimer, finished_partition, write_partition_marker
 from data_pipeline.records import BadInputError
 from data_pipeline.shards import write_shards
+from data_pipeline.templates import check_phrasings
 from data_pipeline.verify import verify_dataset
 from dpr_dist.common.atomic import atomic_path, sha256_file, write_bytes_atomic
 from dpr_dist.common.configio import ConfigError, load_yaml, parse_overrides, to_dict
@@ -254,7 +255,7 @@ def prepare(cfg: DataConfig, cache_dir: Path) -> int:
     with timer.step("normalise"):
         catalog = normalise(raw, cfg)
     with timer.step("prompts"):
-        prompts_df = build_prompts(catalog.tags)
+        prompts_df = build_prompts(catalog.tags, cfg.phrasings)
     with timer.step("encode texts"):
         arrays = encode_texts(prompts_df, catalog, cfg)
     with timer.step("cases + shards"):
@@ -312,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve_paths(cfg, base)
     if cfg.num_partitions < 1:
         print(f"error: {args.config}: num_partitions must be >= 1, got {cfg.num_partitions}", file=sys.stderr)
+        return 2
+    try:
+        check_phrasings(cfg.phrasings)
+    except ValueError as exc:
+        print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2
     cache_dir = Path(_absolute(args.cache_dir, base) if args.cache_dir else base / "data" / "cache")
     # Checked before Ray starts: an up-to-date rerun should cost seconds, not a cluster start.

@@ -23,14 +23,12 @@ NEGATIVE = -1
 
 @dataclass(frozen=True)
 class Phrasings:
-    train_positive: tuple[str, ...]
-    train_negative: tuple[str, ...]
-    heldout_positive: tuple[str, ...]
-    heldout_negative: tuple[str, ...]
+    """The phrasing templates of one data set: the data config's ``phrasings`` section (a group left
+    out keeps the default below). A pick is one bounded draw whatever the group's size, so adding
+    training phrasings leaves every evaluation case's user, position, tags and held-out phrasing as
+    they were (tests/test_cases.py)."""
 
-
-DEFAULT_PHRASINGS = Phrasings(
-    train_positive=(
+    train_positive: tuple[str, ...] = (
         "more {tag} please",
         "i want to watch {tag}",
         "show me some {tag} movies",
@@ -41,8 +39,8 @@ DEFAULT_PHRASINGS = Phrasings(
         "looking for a good {tag} movie",
         "i feel like {tag}",
         "let's see {tag} titles",
-    ),
-    train_negative=(
+    )
+    train_negative: tuple[str, ...] = (
         "no {tag} please",
         "i don't want {tag}",
         "nothing {tag} tonight",
@@ -53,22 +51,24 @@ DEFAULT_PHRASINGS = Phrasings(
         "exclude {tag}",
         "stay away from {tag}",
         "anything but {tag}",
-    ),
-    heldout_positive=(
+    )
+    heldout_positive: tuple[str, ...] = (
         "craving {tag} stuff",
         "bring on {tag}",
         "queue up {tag} flicks",
         "{tag} sounds great right now",
         "fancy {tag} cinema",
-    ),
-    heldout_negative=(
+    )
+    heldout_negative: tuple[str, ...] = (
         "without {tag}",
         "ban {tag} entirely",
         "keep {tag} off my screen",
         "sick of {tag}",
         "zero {tag} content",
-    ),
-)
+    )
+
+
+DEFAULT_PHRASINGS = Phrasings()
 
 PROMPT_COLUMNS = ("prompt_id", "text", "polarity", "tag", "template", "held_out")
 

@@ -288,6 +288,50 @@ def test_evaluation_phrasings_do_not_change_with_training_options():
     assert all(a[pair] == b[pair] for pair in a if pair != ("train", "steer"))
 
 
+def test_more_training_phrasings_leave_evaluation_cases_and_heldout_wording_unchanged():
+    catalog = random_catalog(60)
+    more = dataclasses.replace(
+        DEFAULT_PHRASINGS,
+        train_positive=DEFAULT_PHRASINGS.train_positive + ("i'd love a {tag} film", "pick {tag} for me"),
+        train_negative=DEFAULT_PHRASINGS.train_negative + ("please no {tag}", "leave out {tag}"),
+    )
+    more_prompts = build_prompts(TAGS, more)
+    added = {t for t in more_prompts["template"]} - set(PROMPTS["template"])
+    assert len(added) == 4 and len(more_prompts) == len(PROMPTS) + 4 * len(TAGS)
+
+    def readable(prompts: pd.DataFrame, out) -> dict:
+        """Cases with prompt ids replaced by (text, template, held_out): ids shift when rows are added."""
+        row = prompts.set_index("prompt_id")
+        def phrasing(pid):
+            return None if pid < 0 else (row.at[pid, "template"], row.at[pid, "tag"], bool(row.at[pid, "held_out"]))
+        return {pair: [(key, hist.tolist(), {**f, "pos_prompt": phrasing(f["pos_prompt"]),
+                                             "neg_prompt": phrasing(f["neg_prompt"])})
+                       for key, hist, f in cases] for pair, cases in out.items()}
+
+    config = cfg(heldout_fraction=0.5)
+    a = readable(PROMPTS, build_cases(catalog, PROMPTS, config, range(1, 61)))
+    b = readable(more_prompts, build_cases(catalog, more_prompts, config, range(1, 61)))
+    assert a.keys() == b.keys()
+    new_picks = heldout = 0
+    for pair in a:
+        assert len(a[pair]) == len(b[pair])
+        for (ka, ha, fa), (kb, hb, fb) in zip(a[pair], b[pair]):
+            assert (ka, ha) == (kb, hb)
+            # Same user, position, target, tags, shift and held-out flag; only seen wording may differ.
+            assert {k: v for k, v in fa.items() if not k.endswith("_prompt")} == \
+                   {k: v for k, v in fb.items() if not k.endswith("_prompt")}
+            for slot in ("pos_prompt", "neg_prompt"):
+                if fa[slot] is None:
+                    assert fb[slot] is None
+                    continue
+                assert fa[slot][1:] == fb[slot][1:]  # tag and held-out flag
+                if fa["held_out"]:
+                    assert fa[slot] == fb[slot]
+                    heldout += 1
+                new_picks += fb[slot][0] in added
+    assert heldout > 50 and new_picks > 50
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
 def test_heldout_fraction_is_honoured(fraction):
     catalog = random_catalog(300, seed=3)

@@ -150,6 +150,9 @@ def test_bad_config_is_reported_with_exit_code_2(tmp_path, capsys):
     assert "num_partitions must be >= 1, got 0" in capsys.readouterr().err
     assert run(tmp_path / "z", "--set", "encoder.kindd=hash") == 2
     assert f"{TINY}.encoder: unknown key(s) ['kindd']" in capsys.readouterr().err
+    assert run(tmp_path / "z", "--set", "phrasings.train_positive=[more please]") == 2
+    assert "phrasings.train_positive: 'more please' must contain {tag} exactly once" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()
 
 
 def test_missing_source_is_reported_with_its_path(ray_local, tmp_path, capsys):  # noqa: F811
