@@ -94,30 +94,25 @@ def sampled_softmax_logq(
     u: Tensor,
     pos_ids: Tensor,
     item_table: ItemTable,
-    num_negatives: int,
+    negative_ids: Tensor,
     item_log_q: Tensor,
-    generator: torch.Generator | None = None,
-    negative_ids: Tensor | None = None,
 ) -> Term:
     """Sampled softmax with logQ correction (Jean et al. 2015; Yi et al. 2019).
 
-    u [..., d] user vectors, pos_ids [...] (0 = padding, ignored), item_log_q [N+1] the log
-    probability with which each item is drawn as a negative (row 0 unused). One set of
-    ``num_negatives`` ids is drawn per call and shared by every row; ``negative_ids`` replaces
-    the draw (tests, or training's :class:`NegativeSampler`, built once per run). Every logit, the
+    u [..., d] user vectors, pos_ids [...] (0 = padding, ignored), negative_ids [k] shared by every
+    row (drawn by a :class:`NegativeSampler`, built once per run, from ``item_log_q``), item_log_q
+    [N+1] the log probability with which each item is drawn (row 0 unused). Every logit, the
     positive's included, is ``u . e_i - log q_i``, which makes the sampled softmax an unbiased
     estimate of the full one; a negative equal to the row's positive (accidental hit) is masked out.
     Embeddings are read only through ``item_table.lookup``, so a sharded table serves them and only
-    those rows get gradient.
-    Every rank draws with the same generator state, so the ranks share the negatives of the global batch.
+    those rows get gradient. Ranks that draw with the same generator state share the negatives of
+    the global batch.
     """
     dim = u.shape[-1]
     u = u.reshape(-1, dim)
     pos = pos_ids.reshape(-1)
     keep = pos != PAD_ID
     u, pos = u[keep], pos[keep]
-    if negative_ids is None:
-        negative_ids = NegativeSampler(item_log_q).draw(num_negatives, generator)
     negative_ids = negative_ids.to(pos.device)
     pos_logit = (u * item_table.lookup(pos)).sum(-1, keepdim=True) - item_log_q[pos].unsqueeze(-1)
     neg_logits = u @ item_table.lookup(negative_ids).T - item_log_q[negative_ids]

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dpr_dist.losses import (
-    align_infonce, full_softmax_ce, promotion, router_polarity_loss, sampled_softmax_logq, suppression,
+    NegativeSampler, align_infonce, full_softmax_ce, promotion, router_polarity_loss, sampled_softmax_logq,
+    suppression,
 )
 from dpr_dist.modules import PlainItemTable
 
@@ -87,7 +88,7 @@ def test_sampled_softmax_matches_an_independent_logq_computation():
     q[0] = 0
     log_q = (q / q.sum()).log()
     negatives = torch.tensor([7, 1, 12, 12, 25])  # accidental hits for rows 1 and 3 (12 twice)
-    loss = sampled_softmax_logq(u, pos, table, 5, log_q, negative_ids=negatives).mean()
+    loss = sampled_softmax_logq(u, pos, table, negatives, log_q).mean()
 
     E = table.embedding.weight.detach().double().numpy()
     lq = log_q.double().numpy()
@@ -105,7 +106,7 @@ def test_sampled_softmax_with_all_items_and_uniform_q_equals_full_softmax():
     u = torch.randn(5, D, dtype=torch.float32)
     pos = torch.tensor([1, 4, 30, 17, 4])
     uniform = torch.full((N + 1,), float(np.log(1.0 / N)))
-    sampled = sampled_softmax_logq(u, pos, table, N, uniform, negative_ids=torch.arange(1, N + 1)).mean()
+    sampled = sampled_softmax_logq(u, pos, table, torch.arange(1, N + 1), uniform).mean()
     full = full_softmax_ce(table, u, pos).mean()
     torch.testing.assert_close(sampled, full, rtol=1e-6, atol=1e-6)
 
@@ -115,26 +116,22 @@ def test_sampled_softmax_gradient_reaches_only_the_looked_up_rows():
     log_q = torch.full((N + 1,), float(np.log(1.0 / N)))
     u = torch.randn(6, 3, D, requires_grad=True)  # per-position user states
     pos = torch.randint(0, N + 1, (6, 3), generator=torch.Generator().manual_seed(2))
-    gen = torch.Generator().manual_seed(3)
-    loss = sampled_softmax_logq(u, pos, table, 4, log_q, generator=gen).mean()
+    sampler = NegativeSampler(log_q)
+    loss = sampled_softmax_logq(u, pos, table, sampler.draw(4, torch.Generator().manual_seed(3)), log_q).mean()
     loss.backward()
     used = torch.unique(torch.cat(table.looked_up))
     touched = torch.nonzero(table.embedding.weight.grad.abs().sum(1)).squeeze(1)
     assert set(touched.tolist()) <= set(used.tolist()) - {0}
     assert len(touched) > 0 and len(used) < N + 1
     # Same seed, same negatives, same loss.
-    again = sampled_softmax_logq(u, pos, table, 4, log_q, generator=torch.Generator().manual_seed(3)).mean()
+    again = sampled_softmax_logq(u, pos, table, sampler.draw(4, torch.Generator().manual_seed(3)), log_q).mean()
     assert torch.equal(loss, again)
 
 
 def test_sampled_negatives_follow_q_and_never_draw_padding():
     q = torch.zeros(N + 1)
     q[[2, 5]] = torch.tensor([0.25, 0.75])
-    log_q = q.log()
-    table = SpyTable()
-    sampled_softmax_logq(torch.randn(1, D), torch.tensor([5]), table, 2000, log_q,
-                         generator=torch.Generator().manual_seed(0))
-    drawn = table.looked_up[-1]
+    drawn = NegativeSampler(q.log()).draw(2000, torch.Generator().manual_seed(0))
     assert set(drawn.tolist()) == {2, 5}
     assert float((drawn == 5).float().mean()) == pytest.approx(0.75, abs=0.03)
 
@@ -142,8 +139,6 @@ def test_sampled_negatives_follow_q_and_never_draw_padding():
 def test_negatives_are_drawn_from_catalogues_beyond_two_to_the_24_items():
     """torch.multinomial stops at 2^24 categories; a 20M-item catalogue must still sample, and
     exactly by q: here q puts 3/4 on the last item (id 2^24 + 5) and 1/4 on item 1."""
-    from dpr_dist.losses import NegativeSampler
-
     n = 2**24 + 5
     q = torch.zeros(n + 1)
     q[[1, n]] = torch.tensor([0.25, 0.75])
@@ -324,7 +319,7 @@ def test_stage_sampler_uniform_draws_every_item_alike_and_corrects_by_one_over_n
     logits = logits + np.log(N)  # - log(1/N) for every item
     logits[:, 1:][negatives.numpy()[None, :] == pos.numpy()[:, None]] = -np.inf
     expected = np_logsumexp(logits) - logits[:, 0]
-    got = sampled_softmax_logq(u, pos, model.item_table, 0, ctx.log_q("uniform"), negative_ids=negatives).mean()
+    got = sampled_softmax_logq(u, pos, model.item_table, negatives, ctx.log_q("uniform")).mean()
     assert got.item() == pytest.approx(float(expected.mean()), rel=1e-5)
 
 

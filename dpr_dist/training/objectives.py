@@ -72,9 +72,7 @@ def _next_item_loss(model, states: Tensor, targets: Tensor, stage: StageConfig, 
     if stage.loss == "sampled":
         sampler = ctx.negative_sampler(stage.sampler)
         negatives = sampler.draw(stage.num_negatives, ctx.generator)
-        return losses.sampled_softmax_logq(
-            states, targets, model.item_table, stage.num_negatives, sampler.log_q, negative_ids=negatives
-        )
+        return losses.sampled_softmax_logq(states, targets, model.item_table, negatives, sampler.log_q)
     raise ValueError(f"stage loss must be 'full' or 'sampled', got {stage.loss!r}")
 
 

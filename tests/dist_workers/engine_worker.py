@@ -50,8 +50,7 @@ class TinyModel(nn.Module):
 
 
 def loss_of(model: nn.Module, forward, b: recipe.Batch) -> torch.Tensor:
-    return sampled_softmax_logq(forward(b), b.positives, model.item_table, recipe.NEGATIVES, recipe.item_log_q(),
-                                negative_ids=b.negatives).mean()
+    return sampled_softmax_logq(forward(b), b.positives, model.item_table, b.negatives, recipe.item_log_q()).mean()
 
 
 def reference_run() -> tuple[nn.Module, list[float]]:

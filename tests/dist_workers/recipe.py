@@ -65,7 +65,7 @@ def loss(table, b: Batch, user_param: Tensor | None = None) -> Tensor:
     """``user_param`` (a leaf requiring grad) replaces ``b.user`` where a dense gradient is wanted."""
     user = b.user if user_param is None else user_param
     u = user + table.lookup(b.history).mean(1)
-    return sampled_softmax_logq(u, b.positives, table, NEGATIVES, item_log_q(), negative_ids=b.negatives).mean()
+    return sampled_softmax_logq(u, b.positives, table, b.negatives, item_log_q()).mean()
 
 
 def queries() -> Tensor:
