@@ -134,6 +134,33 @@ def test_benchmark_evaluation_is_kept_until_the_steer_checkpoint_is_newer(traine
     assert (tmp_path / "run.log").read_text().count("launch.evaluate") == 2
 
 
+def test_steer_selection_can_charge_the_violation_rate(trained_run, tiny_prepared, tmp_path):
+    """steer.violation_weight (ours): the kept epoch maximises mean NDCG@10 - w * violation@10, both
+    read from validation; w = 0 is DPR_SPEC's plain mean NDCG@10."""
+    import shutil
+
+    for stage in ("warmup", "align"):
+        shutil.copytree(trained_run / stage, tmp_path / stage)
+    cfg = tiny_config(tiny_prepared, tmp_path, **{"steer.violation_weight": 3.0, "steer.epochs": 3,
+                                                  "steer.patience": 3})
+    run_stages(cfg, ("steer",))
+    _, _, metrics = load_checkpoint(tmp_path / "steer")
+    assert metrics["selected_on"] == "valid/mean_ndcg@10-3*violation@10"
+    history = [json.loads(line) for line in (tmp_path / "steer" / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 3
+    for row in history:
+        mean = sum(row[f"valid/{t}/ndcg@10"] for t in ("standard", "positive", "negative")) / 3
+        assert row["valid/mean_ndcg@10"] == pytest.approx(mean, abs=1e-12)
+        assert row["valid/mean_ndcg@10-3*violation@10"] == pytest.approx(
+            mean - 3.0 * row["valid/negative/violation@10"], abs=1e-12)
+    values = [row["valid/mean_ndcg@10-3*violation@10"] for row in history]
+    assert metrics["best_epoch"] == max(range(3), key=lambda i: (values[i], -i))
+    kept = (tmp_path / "steer" / "COMPLETE").read_bytes()
+    with pytest.raises(ValueError, match=r"steer.violation_weight: -1.0 must be >= 0"):
+        run_stages(tiny_config(tiny_prepared, tmp_path, **{"steer.violation_weight": -1.0}), ("steer",))
+    assert (tmp_path / "steer" / "COMPLETE").read_bytes() == kept  # refused before anything is written
+
+
 def test_corrupt_or_partial_checkpoint_is_refused_by_name(trained_run, tmp_path):
     import shutil
 

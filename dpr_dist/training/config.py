@@ -37,6 +37,9 @@ class StageConfig:
     promotion_weight: float = 0.0  # ours, beyond DPR_SPEC: -log mass on the requested tag (positive cases)
     # steer: std of Gaussian noise added to prompt embeddings (then renormalised); ours, 0 = off
     prompt_noise: float = 0.0
+    # steer: model selection on mean validation NDCG@10 - violation_weight * negative violation@10
+    # (ours; 0 = DPR_SPEC's plain mean NDCG@10, which cannot see suppression getting worse)
+    violation_weight: float = 0.0
     temperature: float = 0.1      # InfoNCE temperature (align stage; warm-up item-tag term)
 
 

@@ -160,11 +160,20 @@ def _validator(stage: str, cfg: TrainConfig, prepared: Prepared, ctx: Context, r
 
     if stage == "steer":
         tasks = Validator(prepared, "valid", STEER_VALID_TASKS, "dpr", **common)
+        weight = st.violation_weight
+        if weight < 0:
+            raise ValueError(f"steer.violation_weight: {weight} must be >= 0")
+        name = f"mean_ndcg@10-{weight:g}*violation@10" if weight else "mean_ndcg@10"
 
         def validate(trainer):
             m = tasks(trainer)
-            mean = float(np.mean([m[f"{t}/ndcg@10"] for t in STEER_VALID_TASKS]))
-            return "mean_ndcg@10", mean, {**m, "mean_ndcg@10": mean}
+            m["mean_ndcg@10"] = float(np.mean([m[f"{t}/ndcg@10"] for t in STEER_VALID_TASKS]))
+            if weight:
+                violation = m[f"{schema.TASK_NEGATIVE}/violation@10"]
+                if np.isnan(violation):
+                    raise ValueError("steer.violation_weight: the validation split has no negative case")
+                m[name] = m["mean_ndcg@10"] - weight * violation
+            return name, m[name], m
         return validate
     raise ValueError(f"unknown stage {stage!r}; stages: {STAGE_ORDER}")
 
