@@ -161,6 +161,32 @@ def test_steer_selection_can_charge_the_violation_rate(trained_run, tiny_prepare
     assert (tmp_path / "steer" / "COMPLETE").read_bytes() == kept  # refused before anything is written
 
 
+def test_steering_gates_groupings_cover_the_same_cases(trained_run, tiny_prepared):
+    """benchmarks/steering_gates.py: by tag, by seen / held-out and by template, every case of a task
+    is counted once, and the statistics agree: a task's case-weighted mean gate and router weight are
+    the same whichever way its cases are grouped."""
+    from benchmarks.steering_gates import GROUPINGS, gate_stats
+    from dpr_dist.data.prepared import load_prepared
+
+    model, _, _ = load_model(trained_run / "steer")
+    prepared = load_prepared(tiny_prepared)
+    by = {g: gate_stats(model, prepared, "valid", None, g) for g in GROUPINGS}
+    templates = set(prepared.prompts["template"])
+    assert {group.removesuffix(" (held-out)") for _, group in by["template"]} <= templates
+    assert {group for _, group in by["phrasing"]} <= {"seen", "held-out"}
+    for task in ("positive", "negative"):
+        totals = {}
+        for g, stats in by.items():
+            rows = [s for (t, _), s in stats.items() if t == task]
+            n = sum(s["cases"] for s in rows)
+            totals[g] = (n, sum(s["gate"] * s["cases"] for s in rows) / n,
+                         sum(s["negative_weight"] * s["cases"] for s in rows) / n)
+            assert all(0.0 <= s["negative_weight"] <= 1.0 for s in rows)
+        assert totals["tag"][0] == totals["phrasing"][0] == totals["template"][0] > 0
+        for g in ("phrasing", "template"):
+            assert totals[g][1:] == pytest.approx(totals["tag"][1:], rel=1e-9)
+
+
 def test_corrupt_or_partial_checkpoint_is_refused_by_name(trained_run, tmp_path):
     import shutil
 
