@@ -51,9 +51,9 @@ def gate_stats(model, prepared, split: str, max_cases: int | None, by: str = "ta
             clause_emb, polarity = clause_inputs(batch["pos_prompt"], batch["neg_prompt"], prepared.prompt_embeddings)
             out = model(batch["hist"], clause_emb, polarity)
             active = (polarity != NO_CLAUSE).float().argmax(dim=1)  # these tasks hold one clause per case
-            rows_ = torch.arange(len(active))
-            gate = out.gate[rows_, active].mean(-1)
-            negative_weight = out.group_probs[rows_, active, NEGATIVE_GROUP]
+            case = torch.arange(len(active))
+            gate = out.gate[case, active].mean(-1)
+            negative_weight = out.group_probs[case, active, NEGATIVE_GROUP]
             delta = out.u - out.h
             tags = batch[tag_field]
             if fixed:

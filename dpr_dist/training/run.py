@@ -159,10 +159,10 @@ def _validator(stage: str, cfg: TrainConfig, prepared: Prepared, ctx: Context, r
         return validate
 
     if stage == "steer":
-        tasks = Validator(prepared, "valid", STEER_VALID_TASKS, "dpr", **common)
         weight = st.violation_weight
         if weight < 0:
             raise ValueError(f"steer.violation_weight: {weight} must be >= 0")
+        tasks = Validator(prepared, "valid", STEER_VALID_TASKS, "dpr", **common)
         name = f"mean_ndcg@10-{weight:g}*violation@10" if weight else "mean_ndcg@10"
 
         def validate(trainer):
