@@ -43,6 +43,25 @@ def test_summarise_task_subsets_by_hand():
     assert list(std_table) == ["all"]
 
 
+def test_single_clause_tasks_are_also_cut_by_phrasing_template():
+    templates = ["more {tag}", "more {tag}", "give {tag}", "no {tag}", "without {tag}"]  # prompt id -> template
+    cases = {**CASES, "pos_prompt": np.array([0, 2, 1, 2]), "neg_prompt": np.array([-1] * 4)}
+    table, sizes = report.summarise_task("positive", PER_CASE, cases, TAGS, templates)
+    assert sizes["phrasing:more {tag}"] == 2 and sizes["phrasing:give {tag}"] == 2
+    assert not any(s in sizes for s in ("phrasing:no {tag}", "phrasing:without {tag}"))  # no such case
+    assert table["phrasing:more {tag}"]["dpr"]["ndcg@10"] == pytest.approx((1.0 + 0.0) / 2)  # cases 0, 2
+    assert table["phrasing:give {tag}"]["hard_filter"]["ndcg@10"] == pytest.approx((0.5 + 0.0) / 2)  # 1, 3
+    neg = {**CASES, "neg_tag": np.array([1, 1, 1, 1]), "pos_tag": np.array([-1] * 4),
+           "pos_prompt": np.array([-1] * 4), "neg_prompt": np.array([4, 3, 4, 4])}
+    _, neg_sizes = report.summarise_task("negative", PER_CASE, neg, TAGS, templates)
+    assert neg_sizes["phrasing:without {tag}"] == 3 and neg_sizes["phrasing:no {tag}"] == 1
+    # Combined prompts hold two phrasings: no template subsets; without templates, none either.
+    both = {**cases, "neg_prompt": np.array([3, 3, 4, 4])}
+    combined, _ = report.summarise_task("combined", PER_CASE, both, TAGS, templates)
+    assert not any(s.startswith("phrasing:") for s in combined)
+    assert not any(s.startswith("phrasing:") for s in report.summarise_task("positive", PER_CASE, cases, TAGS)[0])
+
+
 def test_aggregate_seeds():
     runs = [{"t": {"all": {"m": {"ndcg@10": v}}}} for v in (0.1, 0.2, 0.3)]
     leaf = report.aggregate_seeds(runs)["t"]["all"]["m"]["ndcg@10"]

@@ -70,12 +70,13 @@ def evaluate_checkpoint(
         popularity=popularity_counts, item_text_emb=item_text, tag_text_emb=tag_text,
     )
     results, sizes, reranks = {}, {}, {}
+    templates = prepared.prompts["template"].tolist()  # row i is prompt id i (load_prepared checks)
     for task in tasks:
         rerank = tune_rerank(model, prepared, inputs, task, rerank_depths, rerank_grid, max_cases) if task in RERANK_TASKS else {}
         inputs.rerank_weights = {m: r["weight"] for m, r in rerank.items()}
         methods = [m for m in TASK_METHODS[task] if not m.startswith("rerank@") or m in inputs.rerank_weights]
         res = evaluate_task(model, prepared, split, task, inputs, methods, ks, batch_size, max_cases)
-        results[task], sizes[task] = summarise_task(task, res.per_case, res.fields, prepared.tag_names)
+        results[task], sizes[task] = summarise_task(task, res.per_case, res.fields, prepared.tag_names, templates)
         reranks[task] = rerank
     return results, sizes, reranks
 

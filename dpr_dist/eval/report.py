@@ -2,8 +2,10 @@
 
 ``results`` is nested ``task -> subset -> method -> metric -> value``. Subsets: ``all``; for
 prompted tasks also ``seen`` / ``held_out`` (training vs held-out phrasings), ``shift`` (positive and
-combined: the tag is absent from the recent window) and ``tag:<name>`` (per steered tag). A value is
-a float, or ``{"mean", "std", "n"}`` after :func:`aggregate_seeds`.
+combined: the tag is absent from the recent window), ``tag:<name>`` (per steered tag) and, for the
+single-clause positive and negative tasks, ``phrasing:<template>`` (per phrasing template: which
+wording steers, which does not). A value is a float, or ``{"mean", "std", "n"}`` after
+:func:`aggregate_seeds`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from dpr_dist.common.atomic import sha256_file, write_bytes_atomic, write_json_atomic
-from dpr_dist.common.schema import TASK_NEGATIVE, TASK_STANDARD
+from dpr_dist.common.schema import TASK_NEGATIVE, TASK_POSITIVE, TASK_STANDARD
 from dpr_dist.eval.metrics import mean_metrics
 
 METRIC_ORDER = ("recall", "ndcg", "violation")
@@ -27,8 +29,14 @@ def steered_tag(task: str, cases: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.asarray(cases["neg_tag" if task == TASK_NEGATIVE else "pos_tag"])
 
 
-def subset_masks(task: str, cases: Mapping[str, np.ndarray], tag_names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Bool masks over the cases of one task (``cases`` holds per-case ``held_out``, ``shift``, tags)."""
+SINGLE_CLAUSE_PROMPT = {TASK_POSITIVE: "pos_prompt", TASK_NEGATIVE: "neg_prompt"}
+
+
+def subset_masks(
+    task: str, cases: Mapping[str, np.ndarray], tag_names: Sequence[str], templates: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Bool masks over the cases of one task (``cases`` holds per-case ``held_out``, ``shift``, tags,
+    prompt ids); ``templates[prompt_id]`` names each prompt's phrasing template."""
     n = len(next(iter(cases.values())))
     masks = {"all": np.ones(n, dtype=bool)}
     if task == TASK_STANDARD:
@@ -41,6 +49,11 @@ def subset_masks(task: str, cases: Mapping[str, np.ndarray], tag_names: Sequence
     for tag_id, name in enumerate(tag_names):
         if (tags == tag_id).any():
             masks[f"tag:{name}"] = tags == tag_id
+    if templates is not None and task in SINGLE_CLAUSE_PROMPT:
+        of_case = np.asarray(templates, dtype=object)[np.asarray(cases[SINGLE_CLAUSE_PROMPT[task]])]
+        for template in dict.fromkeys(templates):  # in prompt-table order: training, then held-out
+            if (of_case == template).any():
+                masks[f"phrasing:{template}"] = of_case == template
     return masks
 
 
@@ -49,9 +62,10 @@ def summarise_task(
     per_case_by_method: Mapping[str, Mapping[str, np.ndarray]],
     cases: Mapping[str, np.ndarray],
     tag_names: Sequence[str],
+    templates: Sequence[str] | None = None,
 ) -> tuple[dict, dict[str, int]]:
     """``(subset -> method -> metric -> mean, subset -> number of cases)`` for one task."""
-    masks = subset_masks(task, cases, tag_names)
+    masks = subset_masks(task, cases, tag_names, templates)
     table = {
         subset: {method: mean_metrics(per_case, mask) for method, per_case in per_case_by_method.items()}
         for subset, mask in masks.items()
