@@ -30,20 +30,20 @@ from dpr_dist.common import schema  # noqa: E402
 from dpr_dist.data.clauses import clause_inputs  # noqa: E402
 from dpr_dist.data.prepared import load_prepared  # noqa: E402
 from dpr_dist.eval.harness import case_batches, read_cases  # noqa: E402
+from dpr_dist.eval.report import SINGLE_CLAUSE_PROMPT  # noqa: E402
 from dpr_dist.modules import NO_CLAUSE  # noqa: E402
 from dpr_dist.modules.routing import NEGATIVE_GROUP  # noqa: E402
 from dpr_dist.training.run import load_model  # noqa: E402
 
 CLOSED = 0.01
 TASK_TAG = {schema.TASK_POSITIVE: "pos_tag", schema.TASK_NEGATIVE: "neg_tag"}
-TASK_PROMPT = {schema.TASK_POSITIVE: "pos_prompt", schema.TASK_NEGATIVE: "neg_prompt"}
 GROUPINGS = ("tag", "phrasing", "template")
 
 
 @torch.no_grad()
 def gate_stats(model, prepared, split: str, max_cases: int | None, by: str = "tag") -> dict[tuple[str, str], dict]:
     fixed = model.item_table.fixed
-    templates = prepared.prompts.set_index("prompt_id")["template"]
+    templates = prepared.prompts["template"].tolist()  # row i is prompt id i (load_prepared checks)
     rows: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
     for task, tag_field in TASK_TAG.items():
         cases = read_cases(prepared, split, task, max_cases)
@@ -60,7 +60,7 @@ def gate_stats(model, prepared, split: str, max_cases: int | None, by: str = "ta
                 on_tag = delta.gather(1, (delta.shape[1] - fixed + tags).unsqueeze(1)).squeeze(1)
             else:
                 on_tag = torch.full_like(gate, float("nan"))
-            prompts = batch[TASK_PROMPT[task]].tolist()
+            prompts = batch[SINGLE_CLAUSE_PROMPT[task]].tolist()
             for i, (tag, held_out) in enumerate(zip(tags.tolist(), batch["held_out"].tolist())):
                 if by == "tag":
                     group = prepared.tag_names[tag]

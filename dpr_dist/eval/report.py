@@ -51,7 +51,7 @@ def subset_masks(
             masks[f"tag:{name}"] = tags == tag_id
     if templates is not None and task in SINGLE_CLAUSE_PROMPT:
         of_case = np.asarray(templates, dtype=object)[np.asarray(cases[SINGLE_CLAUSE_PROMPT[task]])]
-        for template in dict.fromkeys(templates):  # in prompt-table order: training, then held-out
+        for template in dict.fromkeys(templates):  # in prompt-table order: per polarity, training then held-out
             if (of_case == template).any():
                 masks[f"phrasing:{template}"] = of_case == template
     return masks
