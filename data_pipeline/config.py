@@ -38,15 +38,16 @@ class SourceConfig:
 
 @dataclass
 class EncoderConfig:
-    # "minilm": the offline all-MiniLM-L6-v2 package; "hash": a deterministic bag-of-words hashing
-    # encoder with no model weights (tiny tests and smoke runs only).
+    # "minilm": the offline all-MiniLM-L6-v2 package (384-d); "smollm2": the offline decoder LLM
+    # SmolLM2-135M-Instruct (576-d, ~6x slower); "hash": a deterministic bag-of-words hashing encoder
+    # with no model weights (tiny tests and smoke runs only); "a+b": both, concatenated (see encode.py).
     kind: str = "minilm"
-    model_path: str | None = None   # a local sentence-transformers folder; default: the package's
+    model_path: str | None = None   # single-kind only: a local model folder; default: the package's
     batch_size: int = 64
     num_actors: int = 2
     cpus_per_actor: float = 0.5     # fractional: two actors with num_cpus=1 deadlock a 2-CPU cluster
     max_prompt_chars: int = 512
-    dim: int = 384                  # "hash" only; "minilm" is always 384
+    dim: int = 384                  # "hash" only; "minilm" is always 384, "smollm2" 576
     # Also encode every item's text and every tag name (inputs of the text-rerank baseline). Off for
     # huge synthetic catalogues: ~400 texts/s would take hours for 10M items.
     encode_item_texts: bool = True

