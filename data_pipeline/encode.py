@@ -135,16 +135,23 @@ class MiniLMEncoder:
 
 
 class SmolLM2Encoder:
-    """SmolLM2-135M-Instruct (local GGUF file), the last token's final state of SMOLLM2_PROMPT, L2 norm."""
+    """SmolLM2-135M-Instruct (local GGUF file), the last token's final state of SMOLLM2_PROMPT, L2 norm.
+
+    ``template`` and ``pooling`` ("last" or "mean" over real tokens) exist for
+    benchmarks/prompt_probe.py, which compares readings; the pipeline uses the defaults.
+    """
 
     dim = SMOLLM2_DIM
 
-    def __init__(self, model_path: str | None = None, num_threads: int | None = 1):
+    def __init__(self, model_path: str | None = None, num_threads: int | None = 1,
+                 template: str = SMOLLM2_PROMPT, pooling: str = "last"):
+        if pooling not in ("last", "mean") or "{}" not in template:
+            raise ValueError(f"SmolLM2Encoder: pooling {pooling!r} (last | mean), template {template!r} (must hold {{}})")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
 
         self.model_path = model_path or default_smollm2_path()
-        self.num_threads = num_threads
+        self.num_threads, self.template, self.pooling = num_threads, template, pooling
         with _torch_threads(num_threads):  # dequantising the GGUF tensors is the slow part of loading
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, gguf_file=SMOLLM2_GGUF, local_files_only=True)
             self.model = AutoModel.from_pretrained(self.model_path, gguf_file=SMOLLM2_GGUF, local_files_only=True).eval()
@@ -155,12 +162,17 @@ class SmolLM2Encoder:
 
         with _torch_threads(self.num_threads), torch.inference_mode():
             tokens = self.tokenizer(
-                [SMOLLM2_PROMPT.format(text) for text in texts], padding=True, truncation=True,
+                [self.template.format(text) for text in texts], padding=True, truncation=True,
                 max_length=SMOLLM2_MAX_TOKENS, return_tensors="pt",
             )
             states = self.model(**tokens).last_hidden_state
-            last = tokens["attention_mask"].sum(dim=1) - 1
-            pooled = torch.nn.functional.normalize(states[torch.arange(len(texts)), last], p=2, dim=1)
+            mask = tokens["attention_mask"]
+            if self.pooling == "last":
+                pooled = states[torch.arange(len(texts)), mask.sum(dim=1) - 1]
+            else:
+                weights = mask.unsqueeze(-1).to(states.dtype)
+                pooled = (states * weights).sum(dim=1) / weights.sum(dim=1)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return pooled.numpy().astype(np.float32)
 
 

@@ -135,3 +135,19 @@ def test_plots_are_png_and_deterministic(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no tag:<name> subsets"):
         plots.plot_steering_gains({"negative": {"all": {}}}, tmp_path / "x.png", "negative", "dpr", "hard")
+
+
+def test_markdown_folds_per_tag_and_per_phrasing_tables_after_the_headline_ones():
+    row = {"dpr": {"ndcg@10": 0.5}}
+    subsets = {"all": row, "tag:Horror": row, "seen": row, "phrasing:no {tag}": row, "tag:Comedy": row}
+    rep = {"results": {"positive": subsets, "standard": {"all": row}}, "data": {"manifest_sha256": "ab"},
+           "code_version": {"commit": None, "dirty": None}, "seed": 0}
+    md = report.render_markdown(rep)
+    headings = [line for line in md.splitlines() if line.startswith(("## ", "<details>"))]
+    assert headings == [
+        "## positive / all", "## positive / seen",
+        "<details><summary>positive: per tag (2 tables)</summary>", "## positive / tag:Horror", "## positive / tag:Comedy",
+        "<details><summary>positive: per phrasing template (1 table)</summary>", "## positive / phrasing:no {tag}",
+        "## standard / all",
+    ]
+    assert md.count("</details>") == 2 and md.count("| dpr | 0.5000 |") == 6

@@ -146,8 +146,24 @@ def _cell(value) -> str:
     return f"{value:.4f}"
 
 
+# Subsets of many small slices (one per tag, one per phrasing template): folded away in report.md
+# (`<details>`), so the headline tables stay readable; report.json holds them all the same.
+FOLDED_SUBSETS = {"tag:": "per tag", "phrasing:": "per phrasing template"}
+
+
+def _subset_table(task: str, subset: str, methods: Mapping, n: int | None) -> list[str]:
+    columns = sorted({m for row in methods.values() for m in row}, key=_metric_key)
+    lines = ["", f"## {task} / {subset}" + (f" ({n} cases)" if n is not None else ""), ""]
+    lines.append("| method | " + " | ".join(columns) + " |")
+    lines.append("|---|" + "---|" * len(columns))
+    for method, row in methods.items():
+        lines.append(f"| {method} | " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    return lines
+
+
 def render_markdown(report: dict) -> str:
-    """One table per task and subset: rows = methods, columns = metrics."""
+    """One table per task and subset: rows = methods, columns = metrics; per-tag and per-phrasing
+    subsets folded into one ``<details>`` block per task and kind."""
     code = report["code_version"]
     lines = [
         "# Evaluation report",
@@ -158,14 +174,16 @@ def render_markdown(report: dict) -> str:
     ]
     sizes = report.get("subset_sizes", {})
     for task, subsets in report["results"].items():
+        folded: dict[str, list[str]] = {prefix: [] for prefix in FOLDED_SUBSETS}
         for subset, methods in subsets.items():
-            columns = sorted({m for row in methods.values() for m in row}, key=_metric_key)
-            n = sizes.get(task, {}).get(subset)
-            lines += ["", f"## {task} / {subset}" + (f" ({n} cases)" if n is not None else ""), ""]
-            lines.append("| method | " + " | ".join(columns) + " |")
-            lines.append("|---|" + "---|" * len(columns))
-            for method, row in methods.items():
-                lines.append(f"| {method} | " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+            table = _subset_table(task, subset, methods, sizes.get(task, {}).get(subset))
+            prefix = next((p for p in FOLDED_SUBSETS if subset.startswith(p)), None)
+            (folded[prefix] if prefix else lines).extend(table)
+        for prefix, tables in folded.items():
+            if tables:
+                count = sum(subset.startswith(prefix) for subset in subsets)
+                lines += ["", f"<details><summary>{task}: {FOLDED_SUBSETS[prefix]} ({count} table{'s' * (count != 1)})</summary>",
+                          *tables, "", "</details>"]
     return "\n".join(lines) + "\n"
 
 
