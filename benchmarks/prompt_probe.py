@@ -32,11 +32,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from data_pipeline.config import DataConfig  # noqa: E402
 from data_pipeline.encode import SMOLLM2_PROMPT, SmolLM2Encoder  # noqa: E402
 from dpr_dist.common.atomic import write_json_atomic  # noqa: E402
+from dpr_dist.common.configio import load_yaml  # noqa: E402
+from dpr_dist.common.schema import DATA_CONFIG_NAME, PROMPT_EMB_NAME, PROMPTS_NAME  # noqa: E402
 
 NEIGHBOURS = 10
-BATCH = 64  # the pipeline's encoder.batch_size: the same model batches, so the same vectors
 
 
 def polarity_probe(emb: np.ndarray, positive: np.ndarray, train: np.ndarray, l2: float = 1e-2) -> np.ndarray:
@@ -91,12 +93,18 @@ def probe(prompts: pd.DataFrame, emb: np.ndarray) -> dict:
     }
 
 
-def smollm2_embeddings(texts: list[str], variant: str) -> np.ndarray:
+def pipeline_batch_size(data_dir: Path) -> int:
+    """The encoder batch size the set was prepared with: padding depends on the batch, so re-encoding
+    in the same batches gives the same vectors (eol-last reproduces the pipeline's smollm2 rows)."""
+    return load_yaml(DataConfig, data_dir / DATA_CONFIG_NAME).encoder.batch_size
+
+
+def smollm2_embeddings(texts: list[str], variant: str, batch_size: int) -> np.ndarray:
     wrap, _, pool = variant.partition("-")
     if wrap not in ("plain", "eol") or pool not in ("mean", "last"):
         raise SystemExit(f"--encoder smollm2:{variant}: expected smollm2:<plain|eol>-<mean|last>")
     encoder = SmolLM2Encoder(template=SMOLLM2_PROMPT if wrap == "eol" else "{}", pooling=pool)
-    return np.concatenate([encoder.encode(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)])
+    return np.concatenate([encoder.encode(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
 
 
 def markdown(name: str, result: dict) -> str:
@@ -118,13 +126,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    prompts = pd.read_parquet(args.data_dir / "prompts.parquet")
+    prompts = pd.read_parquet(args.data_dir / PROMPTS_NAME)
     results = {}
     for encoder in args.encoder or ["prepared"]:
         if encoder == "prepared":
-            emb = np.load(args.data_dir / "prompt_embeddings.npy", allow_pickle=False)
+            emb = np.load(args.data_dir / PROMPT_EMB_NAME, allow_pickle=False)
         elif encoder.startswith("smollm2:"):
-            emb = smollm2_embeddings(prompts["text"].tolist(), encoder.split(":", 1)[1])
+            emb = smollm2_embeddings(prompts["text"].tolist(), encoder.split(":", 1)[1], pipeline_batch_size(args.data_dir))
         else:
             raise SystemExit(f"--encoder {encoder!r}: expected 'prepared' or smollm2:<plain|eol>-<mean|last>")
         results[encoder] = probe(prompts, emb)

@@ -106,6 +106,12 @@ def _torch_threads(num_threads: int | None):
         torch.set_num_threads(previous)
 
 
+def _mean_pool(states, attention_mask):
+    """Mean of each row's states over its real (unpadded) tokens."""
+    weights = attention_mask.unsqueeze(-1).to(states.dtype)
+    return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
 class MiniLMEncoder:
     """all-MiniLM-L6-v2 through plain transformers (local files only), mean pooling, L2 norm."""
 
@@ -127,9 +133,7 @@ class MiniLMEncoder:
             tokens = self.tokenizer(
                 list(texts), padding=True, truncation=True, max_length=MINILM_MAX_TOKENS, return_tensors="pt"
             )
-            states = self.model(**tokens).last_hidden_state
-            mask = tokens["attention_mask"].unsqueeze(-1).to(states.dtype)
-            pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            pooled = _mean_pool(self.model(**tokens).last_hidden_state, tokens["attention_mask"])
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return pooled.numpy().astype(np.float32)
 
@@ -170,8 +174,7 @@ class SmolLM2Encoder:
             if self.pooling == "last":
                 pooled = states[torch.arange(len(texts)), mask.sum(dim=1) - 1]
             else:
-                weights = mask.unsqueeze(-1).to(states.dtype)
-                pooled = (states * weights).sum(dim=1) / weights.sum(dim=1)
+                pooled = _mean_pool(states, mask)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return pooled.numpy().astype(np.float32)
 

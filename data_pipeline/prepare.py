@@ -57,6 +57,7 @@ from data_pipeline.verify import verify_dataset
 from dpr_dist.common.atomic import atomic_path, sha256_file, write_bytes_atomic
 from dpr_dist.common.configio import ConfigError, load_yaml, parse_overrides, to_dict
 from dpr_dist.common.schema import (
+    DATA_CONFIG_NAME,
     ITEM_TEXT_EMB_NAME,
     ITEMS_NAME,
     MANIFEST_NAME,
@@ -67,9 +68,6 @@ from dpr_dist.common.schema import (
     STAGE_ALIGN,
     TAG_TEXT_EMB_NAME,
 )
-
-CONFIG_COPY_NAME = "config.yaml"
-
 
 def data_root() -> Path:
     """Base of relative data paths: $DPR_DATA_ROOT, else the current working directory."""
@@ -264,7 +262,7 @@ def prepare(cfg: DataConfig, cache_dir: Path) -> int:
         shards = shard_entries(rows, out_dir)
         removed = remove_stale_files(out_dir, set(shards))
         files = write_tables(out_dir, catalog, prompts_df, arrays)
-        write_bytes_atomic(out_dir / CONFIG_COPY_NAME, yaml.safe_dump(jsonable(resolved), sort_keys=False).encode())
+        write_bytes_atomic(out_dir / DATA_CONFIG_NAME, yaml.safe_dump(jsonable(resolved), sort_keys=False).encode())
         counts = {
             "users": catalog.num_users,
             "items": catalog.num_items,

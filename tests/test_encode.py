@@ -72,22 +72,23 @@ def test_concatenated_encoders_weigh_each_part_alike():
 
 
 def test_smollm2_reads_the_last_token_of_each_text_whatever_its_padding():
-    """Each row is the final hidden state at the last token of the wrapped text, computed here by the
-    causal LM on that text alone (no padding), independently of the encoder's batching and pooling."""
+    """Each row is the final hidden state at the last token of the wrapped text, computed here by a
+    causal LM on that text alone (no padding), independently of the encoder's batching and pooling.
+    The LM reuses the encoder's dequantised weights: loading the GGUF file twice costs ~25 s."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from data_pipeline.encode import SMOLLM2_GGUF, SMOLLM2_PROMPT, default_smollm2_path
+    from data_pipeline.encode import SMOLLM2_PROMPT, SmolLM2Encoder
 
     texts = ["no horror", "keep horror off my screen tonight please", "more comedy"]  # unequal lengths: padding
-    ours = encode_prompts_local(texts, EncoderConfig(kind="smollm2", batch_size=3))
+    encoder = SmolLM2Encoder()
+    ours = encoder.encode(texts)
     assert ours.shape == (3, 576) and ours.dtype == np.float32
-    folder = default_smollm2_path()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, local_files_only=True)
-    lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, local_files_only=True).eval()
+    lm = AutoModelForCausalLM.from_config(encoder.model.config)
+    lm.model = encoder.model  # the decoder stack; only the (unused) vocabulary head is fresh
     for row, text in enumerate(texts):
         with torch.inference_mode():
-            out = lm(**tokenizer([SMOLLM2_PROMPT.format(text)], return_tensors="pt"), output_hidden_states=True)
+            out = lm.eval()(**encoder.tokenizer([SMOLLM2_PROMPT.format(text)], return_tensors="pt"), output_hidden_states=True)
         last = out.hidden_states[-1][0, -1]
         np.testing.assert_allclose(ours[row], (last / last.norm()).numpy(), atol=1e-5)
     assert float(ours[0] @ ours[2]) < 0.999  # different texts, different vectors

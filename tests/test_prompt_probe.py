@@ -67,3 +67,8 @@ def test_main_reads_a_prepared_table_and_refuses_a_mismatched_one(tmp_path):
     assert json.loads((tmp_path / "probe.json").read_text())["prepared"]["held_out_probe_accuracy"] == 1.0
     with pytest.raises(ValueError, match=r"embeddings: \(5, 3\) rows for 36 prompts"):
         prompt_probe.probe(prompts, np.zeros((5, 3)))
+
+
+def test_smollm2_readings_are_batched_as_the_data_set_was_prepared(tmp_path):
+    (tmp_path / "config.yaml").write_text("name: probe\nencoder:\n  kind: smollm2\n  batch_size: 7\n")
+    assert prompt_probe.pipeline_batch_size(tmp_path) == 7

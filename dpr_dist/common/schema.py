@@ -70,6 +70,7 @@ SHARD_SETS: tuple[tuple[str, str], ...] = (
 )
 
 MANIFEST_NAME = "manifest.json"
+DATA_CONFIG_NAME = "config.yaml"  # the resolved data config the set was prepared with
 ITEMS_NAME = "items.parquet"
 PROMPTS_NAME = "prompts.parquet"
 PROMPT_EMB_NAME = "prompt_embeddings.npy"

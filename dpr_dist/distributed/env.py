@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import sys
 import time
 from contextlib import contextmanager
@@ -32,6 +31,8 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
+
+from dpr_dist.common.ports import free_port
 
 DEFAULT_TIMEOUT_MINUTES = 5.0
 BACKENDS = {"cpu": "gloo", "cuda": "nccl"}
@@ -72,12 +73,6 @@ def local_rank() -> int:
 
 def is_main() -> bool:
     return rank() == 0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def prebuild_jit_ops(device: str = "cpu") -> float:
