@@ -69,6 +69,7 @@ from dpr_dist.common.schema import (
     TAG_TEXT_EMB_NAME,
 )
 
+
 def data_root() -> Path:
     """Base of relative data paths: $DPR_DATA_ROOT, else the current working directory."""
     return Path(os.environ.get("DPR_DATA_ROOT") or os.getcwd()).resolve()

@@ -86,9 +86,10 @@ def test_smollm2_reads_the_last_token_of_each_text_whatever_its_padding():
     assert ours.shape == (3, 576) and ours.dtype == np.float32
     lm = AutoModelForCausalLM.from_config(encoder.model.config)
     lm.model = encoder.model  # the decoder stack; only the (unused) vocabulary head is fresh
+    lm.eval()
     for row, text in enumerate(texts):
         with torch.inference_mode():
-            out = lm.eval()(**encoder.tokenizer([SMOLLM2_PROMPT.format(text)], return_tensors="pt"), output_hidden_states=True)
+            out = lm(**encoder.tokenizer([SMOLLM2_PROMPT.format(text)], return_tensors="pt"), output_hidden_states=True)
         last = out.hidden_states[-1][0, -1]
         np.testing.assert_allclose(ours[row], (last / last.norm()).numpy(), atol=1e-5)
     assert float(ours[0] @ ours[2]) < 0.999  # different texts, different vectors

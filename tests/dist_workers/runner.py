@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dpr_dist.common.ports import free_port  # noqa: F401  (tests call runner.free_port)
+from dpr_dist.common.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = Path(__file__).resolve().parent
