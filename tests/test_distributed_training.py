@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO
 from dist_workers import runner
+from dpr_dist.common.ports import free_port
 from dpr_dist.modules.item_init import initial_weight
 from dpr_dist.training.loop import STAGE_ORDER, TIMING_FIELDS
 from dpr_dist.training.resume import ResumeError
@@ -144,7 +145,7 @@ def test_fixed_tag_columns_stay_fixed_and_train_like_the_reference(reference_wit
 
 
 def test_two_torchrun_nodes_train_like_one_node_with_two_ranks(two_ranks, tiny_prepared, tmp_path):
-    run, port = tmp_path / "run", runner.free_port()
+    run, port = tmp_path / "run", free_port()
     nodes = [runner.start(runner.torchrun_train_cmd(train_args(tiny_prepared, run), 1, nnodes=2, node_rank=r, port=port),
                           tmp_path / f"node{r}.log") for r in (0, 1)]
     for node in nodes:
@@ -185,7 +186,7 @@ def two_hosts():
 
 
 def test_deepspeed_launchers_on_two_hosts_train_like_one_node(two_ranks, two_hosts, tiny_prepared, tmp_path):
-    run, port = tmp_path / "run", runner.free_port()
+    run, port = tmp_path / "run", free_port()
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("".join(f"{name} slots=1\n" for name, _ in two_hosts))
     master = two_hosts[0][1]
@@ -311,7 +312,7 @@ def test_a_corrupt_state_is_refused_by_name(killed, tiny_prepared, tmp_path):
 def test_a_dead_node_makes_the_other_fail_fast(tiny_prepared, tmp_path):
     """Node 1 (its launcher and rank) is killed mid-run; node 0's rank must stop with a clear
     error within the process-group timeout (30 s here) instead of gloo's default 30 minutes."""
-    run, port = tmp_path / "run", runner.free_port()
+    run, port = tmp_path / "run", free_port()
     args = train_args(tiny_prepared, run, KILL_SETS + ["distributed.timeout_minutes=0.5"])
     nodes = [runner.start(runner.torchrun_train_cmd(args, 1, nnodes=2, node_rank=r, port=port), tmp_path / f"node{r}.log")
              for r in (0, 1)]

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dpr_dist.common.schema import DATA_CONFIG_NAME
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import prompt_probe  # noqa: E402
 
@@ -70,5 +72,5 @@ def test_main_reads_a_prepared_table_and_refuses_a_mismatched_one(tmp_path):
 
 
 def test_smollm2_readings_are_batched_as_the_data_set_was_prepared(tmp_path):
-    (tmp_path / "config.yaml").write_text("name: probe\nencoder:\n  kind: smollm2\n  batch_size: 7\n")
+    (tmp_path / DATA_CONFIG_NAME).write_text("name: probe\nencoder:\n  kind: smollm2\n  batch_size: 7\n")
     assert prompt_probe.pipeline_batch_size(tmp_path) == 7
