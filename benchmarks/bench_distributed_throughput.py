@@ -20,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from warmup_runs import REPO, emit, warmup_run  # noqa: E402
 
+from data_pipeline.manifest import read_manifest  # noqa: E402
+
 RUNS = (("reference", 1), ("distributed", 1), ("distributed", 2))
 
 
@@ -33,9 +35,11 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench-distributed")
     ap.add_argument("--out", type=Path, help="append the JSON lines here too")
     args = ap.parse_args(argv)
-    sets = [f"data_dir={args.data_dir.resolve()}", "warmup.loss=sampled", f"warmup.num_negatives={args.negatives}",
-            "warmup.epochs=1", f"warmup.max_steps_per_epoch={args.steps}", f"warmup.batch_size={args.batch}",
-            "warmup.eval_max_cases=256", "checkpoint_every_steps=0", "threads=1"]
+    # Warm-up never reads a prompt, but training refuses a model whose prompt width is not the data's.
+    prompt_dim = read_manifest(args.data_dir)["encoder"]["dim"]
+    sets = [f"data_dir={args.data_dir.resolve()}", f"model.prompt_dim={prompt_dim}", "warmup.loss=sampled",
+            f"warmup.num_negatives={args.negatives}", "warmup.epochs=1", f"warmup.max_steps_per_epoch={args.steps}",
+            f"warmup.batch_size={args.batch}", "warmup.eval_max_cases=256", "checkpoint_every_steps=0", "threads=1"]
     for mode, world in RUNS:
         row = warmup_run(args.work.resolve() / f"{mode}-{world}", args.config, sets, mode, world, 29500 + world)
         if "seconds_per_step" in row:
