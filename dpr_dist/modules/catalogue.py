@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from dpr_dist.common.schema import PAD_ID
 
@@ -51,43 +52,62 @@ def _tag_masks(block_tags: Tensor, tag_ids: Tensor) -> tuple[Tensor, Tensor]:
 
 class _BlockLogSumExp(torch.autograd.Function):
     """Rows of the output: ALL (every real item), and with tags TAGGED / UNTAGGED. The padding
-    column is -inf in the scores themselves, so it drops out of every sum and every gradient."""
+    column is -inf in the scores themselves, so it drops out of every sum and every gradient.
+
+    Without tags (the warm-up's next-item loss: tens of thousands of queries per step) every pass
+    over the [queries, chunk] score block works in place: each new block of that size is a fresh
+    allocation whose page faults cost as much as the arithmetic (BENCHMARKS.md, "Training
+    throughput"). The chunk keeps exp(s - m) with its row max m, and backward turns it into the
+    softmax gradient in place, so this backward runs once (a second one fails the saved-tensor
+    version check). With tags the raw scores are kept: each tag's log-sum-exp takes its own max, so
+    a suppressed tag's tiny mass does not underflow."""
 
     @staticmethod
     def forward(ctx, queries, rows, row_start, block_tags, tag_ids, chunk_rows):
         n = rows.shape[0]
         out = queries.new_full((1 if tag_ids is None else 3, queries.shape[0]), NEG_INF)
         keep = queries.shape[0] * n <= KEEP_SCORES_LIMIT  # small: keep the scores, skip re-scoring
-        kept = []
+        kept, shifts = [], []
         for lo in range(0, n, chunk_rows):
             hi = min(lo + chunk_rows, n)
             scores = _chunk_scores(queries, rows[lo:hi], row_start + lo)
-            if keep:
-                kept.append(scores)
-            out[ALL] = torch.logaddexp(out[ALL], scores.logsumexp(dim=1))
-            if tag_ids is not None:
+            if tag_ids is None:
+                shift = _finite_or_zero(scores.amax(dim=1))
+                exp_scores = scores.sub_(shift.unsqueeze(1)).exp_()
+                out[ALL] = torch.logaddexp(out[ALL], exp_scores.sum(dim=1).log_() + shift)
+                shifts.append(shift)
+            else:
+                out[ALL] = torch.logaddexp(out[ALL], scores.logsumexp(dim=1))
                 for k, mask in zip((TAGGED, UNTAGGED), _tag_masks(block_tags[lo:hi], tag_ids)):
                     out[k] = torch.logaddexp(out[k], scores.masked_fill(~mask, NEG_INF).logsumexp(dim=1))
+            if keep:
+                kept.append(scores)
         ctx.save_for_backward(queries, rows, out, *kept)
-        ctx.meta = (row_start, block_tags, tag_ids, chunk_rows, keep)
+        ctx.meta = (row_start, block_tags, tag_ids, chunk_rows, keep, shifts)
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         queries, rows, out, *kept = ctx.saved_tensors
-        row_start, block_tags, tag_ids, chunk_rows, keep = ctx.meta
+        row_start, block_tags, tag_ids, chunk_rows, keep, shifts = ctx.meta
         want_q, want_rows = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_q = torch.zeros_like(queries) if want_q else None
         grad_rows = torch.zeros_like(rows) if want_rows else None
+        # d lse_k / d s_ij = softmax_k(s)_ij on the items lse_k sums over, 0 elsewhere.
+        # (an empty block, only the padding row, has lse -inf: shift by 0 instead, exp(-inf) = 0)
+        lse_all = _finite_or_zero(out[ALL])
         for index, lo in enumerate(range(0, rows.shape[0], chunk_rows)):
             hi = min(lo + chunk_rows, rows.shape[0])
             block = rows[lo:hi]
-            scores = kept[index] if keep else _chunk_scores(queries, block, row_start + lo)
-            # d lse_k / d s_ij = softmax_k(s)_ij on the items lse_k sums over, 0 elsewhere.
-            # (an empty block, only the padding row, has lse -inf: shift by 0 instead, exp(-inf) = 0)
-            lse_all = torch.where(torch.isfinite(out[ALL]), out[ALL], torch.zeros_like(out[ALL]))
-            coef = torch.exp(scores - lse_all.unsqueeze(1)).mul_(grad_out[ALL].unsqueeze(1))
-            if tag_ids is not None:
+            if tag_ids is None and keep:  # kept exp(s - m): softmax = that * exp(m - lse)
+                coef = kept[index].mul_((grad_out[ALL] * torch.exp(shifts[index] - lse_all)).unsqueeze(1))
+            elif tag_ids is None:
+                scores = _chunk_scores(queries, block, row_start + lo)
+                coef = scores.sub_(lse_all.unsqueeze(1)).exp_().mul_(grad_out[ALL].unsqueeze(1))
+            else:
+                scores = kept[index] if keep else _chunk_scores(queries, block, row_start + lo)
+                coef = torch.exp(scores - lse_all.unsqueeze(1)).mul_(grad_out[ALL].unsqueeze(1))
                 for k, mask in zip((TAGGED, UNTAGGED), _tag_masks(block_tags[lo:hi], tag_ids)):
                     # where(), not a product: exp(s - (-inf)) of an empty set is inf.
                     prob = torch.where(mask, torch.exp(scores - out[k].unsqueeze(1)), 0.0)
@@ -97,6 +117,10 @@ class _BlockLogSumExp(torch.autograd.Function):
             if want_rows:
                 grad_rows[lo:hi] += coef.T @ queries
         return grad_q, grad_rows, None, None, None, None
+
+
+def _finite_or_zero(x: Tensor) -> Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
 def block_logsumexp(
@@ -116,8 +140,7 @@ def stack_logsumexp(parts: list[Tensor]) -> Tensor:
     if len(parts) == 1:
         return parts[0]
     x = torch.stack(parts)
-    peak = x.detach().amax(dim=0)
-    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    peak = _finite_or_zero(x.detach().amax(dim=0))
     total = torch.exp(x - peak).sum(dim=0)
     present = total > 0
     safe = torch.where(present, total, torch.ones_like(total))
