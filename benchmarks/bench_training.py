@@ -1,13 +1,14 @@
 """Warm-up training throughput: our loop against a plain full-softmax PyTorch loop, same settings.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_training.py --data-dir data/ml-1m --max-len 200 --steps 30
+    OMP_NUM_THREADS=1 python benchmarks/bench_training.py --data-dir data/ml-1m --max-len 200
 
 Settings follow ENV_NOTES' reference table (SASRec d=64, 2 blocks, 1 head, batch 128). Variants:
 - ``plain``: explicit softmax(QK^T)V attention, full softmax over the catalogue, nn.Embedding + Adam
   (what a straightforward PyTorch SASRec does; the reference the goal is stated against);
 - ``fused-full``: our path, fused scaled_dot_product_attention, full softmax, row-wise Adagrad table;
 - ``fused-sampled``: our path with the sampled softmax (logQ-corrected, 256 shared negatives).
-Prints one JSON line per variant with sequences/s and the implied seconds per epoch.
+Prints one JSON line per variant: the mean step over ``--steps`` steps (default: one whole epoch),
+sequences/s and the implied seconds per epoch.
 """
 
 from __future__ import annotations
@@ -60,11 +61,14 @@ def run_variant(name: str, prepared, args) -> dict:
             trainer.step(warmup_loss, batch, ctx)
     loader = shard_loader(prepared, "train", schema.STAGE_WARMUP, global_batch=args.batch_size,
                           max_len=args.max_len, seed=0, shuffle=True)
+    steps = args.steps or len(loader)
     batches = []
-    for batch in loader:
-        batches.append(batch)
-        if len(batches) >= args.steps + args.warmup_steps:
-            break
+    while len(batches) < steps + args.warmup_steps:  # the warm-up steps come from a second epoch
+        for batch in loader:
+            batches.append(batch)
+            if len(batches) >= steps + args.warmup_steps:
+                break
+    batches = batches[steps:] + batches[:steps]  # untimed steps first, then a whole epoch in order
     model.train()
     times = []
     for i, batch in enumerate(batches):
@@ -72,13 +76,12 @@ def run_variant(name: str, prepared, args) -> dict:
         step(batch)
         if i >= args.warmup_steps:
             times.append(time.perf_counter() - start)
-    times.sort()
-    median = times[len(times) // 2]
+    mean = sum(times) / len(times)
     users = loader.dataset.num_samples
     return {
         "variant": name, "max_len": args.max_len, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-        "median_step_s": round(median, 4), "sequences_per_s": round(args.batch_size / median, 1),
-        "epoch_s": round(median * users / args.batch_size, 1), "users": users, "items": prepared.num_items,
+        "timed_steps": len(times), "mean_step_s": round(mean, 4), "sequences_per_s": round(args.batch_size / mean, 1),
+        "epoch_s": round(mean * len(loader), 1), "users": users, "items": prepared.num_items,
     }
 
 
@@ -87,8 +90,8 @@ def main(argv=None) -> None:
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--max-len", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup-steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=0, help="timed steps (0: one whole epoch)")
+    ap.add_argument("--warmup-steps", type=int, default=2, help="untimed steps first")
     ap.add_argument("--variants", default="plain,fused-full,fused-sampled")
     args = ap.parse_args(argv)
     prepared = load_prepared(args.data_dir)

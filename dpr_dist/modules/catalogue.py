@@ -4,8 +4,9 @@ A *block* is a contiguous range of item ids ``[row_start, row_start + n)`` with 
 ``[n, d]``: the whole plain table, or one shard of a sharded table. Per block this module computes
 
 - log-sum-exp of the scores ``q . e_i`` over the block (optionally split into the items that carry a
-  row's tag and those that do not), as an autograd function that re-scores chunk by chunk in the
-  backward pass, so memory stays O(queries x chunk) whatever the catalogue size. Blocks combine
+  row's tag and those that do not), as an autograd function that keeps the chunks' scores for
+  backward while they fit (KEEP_SCORES_LIMIT) and beyond that re-scores chunk by chunk, so memory
+  stays O(queries x chunk) whatever the catalogue size. Blocks combine
   with ``logaddexp``; that is how a sharded table gets a full softmax without gathering its rows;
 - the score of each query's target, and the number of non-excluded items scoring at least that
   much (the pessimistic rank); blocks combine by max and by sum;
