@@ -54,3 +54,14 @@ def test_stack_logsumexp_of_empty_sets_is_minus_inf_with_zero_gradient():
     assert out[0].item() == pytest.approx(torch.logsumexp(torch.tensor([1.0, 2.0]), 0).item())
     out[0].backward()
     assert torch.isfinite(a.grad).all() and a.grad[1] == 0 and b.grad[1] == 0
+
+
+def test_a_second_backward_through_the_in_place_normaliser_fails_loudly():
+    # Backward turns the kept exp-scores into the gradient in place: a retained graph must not be
+    # differentiated again with those (now altered) values.
+    q = torch.randn(4, 3, requires_grad=True)
+    rows = torch.randn(6, 3, requires_grad=True)
+    out = catalogue.block_logsumexp(q, rows, 0).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
