@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import warnings
 from pathlib import Path
 from typing import Protocol
@@ -246,7 +247,8 @@ def _save_smollm2_cache(cached: Path, tokenizer, model) -> None:
     of two processes filling it at once, the first rename wins and the other drops its copy."""
     from safetensors.torch import save_file
 
-    tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
+    _remove_abandoned_copies(cached)
+    tmp = cached.with_name(f"{_tmp_prefix(cached)}{socket.gethostname()}-{os.getpid()}")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -263,6 +265,32 @@ def _save_smollm2_cache(cached: Path, tokenizer, model) -> None:
                           "to a writable folder to load it faster next time", stacklevel=3)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tmp_prefix(cached: Path) -> str:
+    return f".{cached.name}.tmp-"
+
+
+def _remove_abandoned_copies(cached: Path) -> None:
+    """Delete half-written copies (540 MB each) left by processes of this host that died while
+    filling the cache. Their names carry host and pid; a copy of a live process or of another host
+    (a home folder shared over the network) is left alone, since its writer may still be at work."""
+    mine = f"{_tmp_prefix(cached)}{socket.gethostname()}-"
+    for tmp in cached.parent.glob(f"{mine}*"):
+        pid = tmp.name[len(mine):]  # "host-b-12" is not this host "host"'s: "b-12" is no pid
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
 class ConcatEncoder:

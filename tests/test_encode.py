@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,11 +131,22 @@ def test_smollm2_cache_encodes_bit_identically_and_is_rebuilt_when_corrupt(smoll
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
+    # Beside it, half-written copies: of a process of this host that died (removed by the rebuild),
+    # of a live one and of another host (both kept: their writers may still be at work).
+    exited = subprocess.Popen([sys.executable, "-c", ""])
+    exited.wait()
+    prefix, host = f".{cached.name}.tmp-", socket.gethostname()
+    abandoned, live, foreign = (cached.with_name(prefix + rest) for rest in (
+        f"{host}-{exited.pid}", f"{host}-{os.getppid()}", f"{host}-b-{exited.pid}"))
+    for folder in (abandoned, live, foreign):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
     rebuilt = []
     monkeypatch.setattr(encode, "load_smollm2_gguf", lambda path: rebuilt.append(path) or (smollm2.tokenizer, smollm2.model))
     with pytest.warns(UserWarning, match=rf"{re.escape(str(cached))}: unusable SmolLM2 cache.*sha256 differs"):
         encode.SmolLM2Encoder()
     assert len(rebuilt) == 1
+    assert not abandoned.exists() and live.is_dir() and foreign.is_dir()
     assert np.array_equal(encode.SmolLM2Encoder().encode(SMOLLM2_TEXTS), smollm2.encode(SMOLLM2_TEXTS))
     assert len(rebuilt) == 1  # the rebuilt cache verifies: read, not rebuilt again
 
