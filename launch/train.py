@@ -43,4 +43,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dpr_dist.distributed.env import run_rank  # ends a rank without the gloo shutdown race
+
+    run_rank(main)

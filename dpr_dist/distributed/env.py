@@ -20,14 +20,16 @@ uses ``torch_adam`` so no fused-Adam build is ever needed (see engine.py).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
 import time
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator
+from typing import Callable, Iterator, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -118,6 +120,40 @@ def init_distributed(
         else:
             dist.init_process_group(backend, timeout=timeout)
     return DistInfo(rank(), world_size(), local_rank(), dist.get_backend(), timeout)
+
+
+def run_rank(main: Callable[[], int | None]) -> NoReturn:
+    """Run a rank's ``main()`` and end the process without Python's interpreter finalization.
+
+    Why: a gloo worker thread drops the last collective it ran (and the tensors that collective held)
+    only after it has woken the caller. When the main thread has reached ``Py_Finalize`` by then, the
+    worker's GIL acquire ends that thread inside a C++ destructor and ``std::terminate`` aborts the
+    rank ("terminate called without an active exception", exit -6) AFTER a run that succeeded and
+    wrote everything. ``destroy_process_group`` does not prevent it (TorchRec's modules keep the group
+    alive). Seen in 10 of 114 two-rank launches of the test workers on a loaded 2-core machine, none
+    in 100 since (core dump: the ``AsyncBarrierWork`` destructor in ``ProcessGroupGloo::runLoop``).
+    ``os._exit`` skips the finalization; every file we write is closed and renamed into place before,
+    so nothing is lost.
+
+    On success the process group is destroyed first (the documented shutdown). On an error it is not:
+    a peer may still wait in a collective, and the closed sockets make it fail fast instead.
+    """
+    try:
+        code = main()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except SystemExit as exc:  # sys.exit() / argparse inside main
+        code = exc.code
+    except BaseException:  # noqa: BLE001 - printed here, as the interpreter would, then exit 1
+        traceback.print_exc()
+        code = 1
+    if isinstance(code, str):  # SystemExit("message"): Python prints it and exits 1
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code or 0))
 
 
 def _unlink_deepspeed_shm_segment() -> None:

@@ -22,7 +22,7 @@ from torch import nn
 
 import recipe
 from dpr_dist.distributed.engine import build_dense_engine
-from dpr_dist.distributed.env import barrier_or_fail, collective_guard, init_distributed
+from dpr_dist.distributed.env import barrier_or_fail, collective_guard, init_distributed, run_rank
 from dpr_dist.distributed.sharded_table import ShardedItemTable
 from dpr_dist.losses import sampled_softmax_logq
 from dpr_dist.modules.item_table import PlainItemTable
@@ -96,8 +96,7 @@ def main() -> int:
             json.dumps({"type": type(exc).__name__, "message": str(exc), "seconds": time.time() - started})
         )
         raise
-    dist.destroy_process_group()
-    return 0
+    return 0  # run_rank destroys the process group
 
 
 def run(args, rank: int) -> None:
@@ -144,4 +143,4 @@ def run(args, rank: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_rank(main)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 import recipe
-from dpr_dist.distributed.env import init_distributed
+from dpr_dist.distributed.env import init_distributed, run_rank
 from dpr_dist.distributed.sharded_table import ShardedItemTable
 from dpr_dist.distributed.export import export_model
 from dpr_dist.distributed.table_checkpoint import load_table, save_table
@@ -155,9 +154,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     {"train": run_train, "load": run_load, "columns": run_columns, "catalogue": run_catalogue}[args.mode](args, args.out)
     dist.barrier()
-    dist.destroy_process_group()
-    return 0
+    return 0  # run_rank destroys the process group
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_rank(main)
