@@ -83,10 +83,6 @@ class DistributedRuntime:
                 own[key].copy_(value)
         export.load_table_rows(model.item_table, path)
 
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
 
 def _dense_tensors(model: DPRModel) -> dict[str, Tensor]:
     """The model's parameters and buffers outside the item table, by state_dict name. Not through

@@ -112,9 +112,6 @@ class LocalRuntime:
     def load_weights(self, model: DPRModel, path: Path) -> None:
         load_weights_into(model, load_file(str(path)), path)
 
-    def close(self) -> None:
-        pass
-
 
 def load_weights_into(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
     """Strict load that names the file and the keys at fault."""
