@@ -16,6 +16,9 @@ WORKERS = Path(__file__).resolve().parent
 def worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"
+    # A rank that dies of a signal (SIGSEGV, SIGABRT) prints every thread's Python stack: without
+    # it a CI log shows only an exit code, as the gloo shutdown abort of stop 16 did.
+    env["PYTHONFAULTHANDLER"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(WORKERS), env.get("PYTHONPATH", "")])
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
     return env
