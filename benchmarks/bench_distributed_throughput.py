@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from warmup_runs import REPO, emit, warmup_run  # noqa: E402
 
-from data_pipeline.manifest import read_manifest  # noqa: E402
+from dpr_dist.common.schema import read_manifest  # noqa: E402
 
 RUNS = (("reference", 1), ("distributed", 1), ("distributed", 2))
 

@@ -123,19 +123,3 @@ def write_manifest(out_dir: str | Path, manifest: dict) -> Path:
     path = Path(out_dir) / MANIFEST_NAME
     write_json_atomic(path, manifest)
     return path
-
-
-def read_manifest(out_dir: str | Path) -> dict:
-    """The manifest of a prepared directory; ValueError naming the file when missing or unreadable."""
-    path = Path(out_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise ValueError(f"{path}: missing (the preparation did not finish, or this is not a prepared data set)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
-            f"{path}: schema_version {manifest.get('schema_version')!r}, this code reads {SCHEMA_VERSION}"
-        )
-    return manifest

@@ -45,7 +45,6 @@ from data_pipeline.manifest import (
     config_hash,
     file_entry,
     jsonable,
-    read_manifest,
     shard_entries,
     write_manifest,
 )
@@ -67,6 +66,7 @@ from dpr_dist.common.schema import (
     SHARD_SETS,
     STAGE_ALIGN,
     TAG_TEXT_EMB_NAME,
+    read_manifest,
 )
 
 

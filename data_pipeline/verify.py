@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dpr_dist.common.atomic import sha256_file
-from dpr_dist.common.schema import PROMPT_EMB_NAME, SHARD_DIR
-from data_pipeline.manifest import read_manifest
+from dpr_dist.common.schema import PROMPT_EMB_NAME, SHARD_DIR, read_manifest
 from data_pipeline.shards import count_shard_samples
 
 

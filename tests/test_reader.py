@@ -72,8 +72,17 @@ def test_load_prepared_errors_name_the_file(prepared_dir):
     (prepared_dir / schema.PROMPTS_NAME).unlink()
     with pytest.raises(PreparedDataError, match=r"prompts\.parquet: missing prompt table"):
         load_prepared(prepared_dir)
+    manifest_path.write_text('{"schema_version": 1,\n "tags": [,]}')
+    with pytest.raises(PreparedDataError, match=f"{manifest_path}:2: invalid JSON"):
+        load_prepared(prepared_dir)
+    manifest_path.write_text("[1, 2]")  # valid JSON, not a manifest
+    with pytest.raises(PreparedDataError, match=f"{manifest_path}: schema_version None"):
+        load_prepared(prepared_dir)
+    manifest_path.write_bytes(b'{"tags": "\xff"}')
+    with pytest.raises(PreparedDataError, match=f"{manifest_path}: not UTF-8 text"):
+        load_prepared(prepared_dir)
     manifest_path.unlink()
-    with pytest.raises(PreparedDataError, match=r"manifest\.json: missing manifest"):
+    with pytest.raises(PreparedDataError, match=r"manifest\.json: missing \(the preparation did not finish"):
         load_prepared(prepared_dir)
 
 

@@ -198,6 +198,12 @@ def test_corrupt_or_partial_checkpoint_is_refused_by_name(trained_run, tmp_path)
     weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="model.safetensors.*corrupt"):
         load_checkpoint(bad)
+    (bad / "COMPLETE").write_text('{"model.safetensors": "00"')  # marker cut short
+    with pytest.raises(CheckpointError, match=f"{bad / 'COMPLETE'}:1: invalid JSON"):
+        load_checkpoint(bad)
+    (bad / "COMPLETE").write_text('["model.safetensors"]')
+    with pytest.raises(CheckpointError, match="COMPLETE: corrupt \\(not a mapping"):
+        load_checkpoint(bad)
     (bad / "COMPLETE").unlink()
     with pytest.raises(CheckpointError, match="partial checkpoint"):
         load_checkpoint(bad)

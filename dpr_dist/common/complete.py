@@ -4,10 +4,10 @@ and an altered file (checksum differs) are refused by name instead of loaded."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dpr_dist.common.atomic import sha256_file, write_json_atomic
+from dpr_dist.common.jsonfile import read_json
 
 COMPLETE = "COMPLETE"
 
@@ -25,10 +25,9 @@ def verify_complete(directory: Path, what: str, error: type[Exception], check_su
     marker = directory / COMPLETE
     if not marker.exists():
         raise error(f"{directory}: partial {what} ({COMPLETE} missing): was the save interrupted?")
-    try:
-        sums = json.loads(marker.read_text())
-    except json.JSONDecodeError as exc:
-        raise error(f"{marker}: corrupt ({exc})") from None
+    sums = read_json(marker, error)
+    if not isinstance(sums, dict):
+        raise error(f"{marker}: corrupt (not a mapping of file names to checksums)")
     for name, expected in sums.items():
         path = directory / name
         if not path.exists():

@@ -29,7 +29,11 @@ Align samples have an empty history, ``target`` -1 and ``pos_prompt``/``pos_tag`
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from dpr_dist.common.jsonfile import read_json
 
 SCHEMA_VERSION = 1
 
@@ -109,3 +113,15 @@ def decode_case(sample: dict) -> tuple[np.ndarray, np.ndarray]:
             f"expects {len(CASE_FIELDS)} ({', '.join(CASE_FIELDS)})"
         )
     return hist, case
+
+
+def read_manifest(root: str | Path, error: type[Exception] = ValueError) -> dict:
+    """The manifest of the prepared directory ``root``, of this code's schema version; ``error``
+    naming the file when it is missing, unparsable or of another version. The one reader of the
+    manifest for the pipeline (reruns, verify) and the trainer alike."""
+    path = Path(root) / MANIFEST_NAME
+    manifest = read_json(path, error, "missing (the preparation did not finish, or this is not a prepared data set)")
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if version != SCHEMA_VERSION:
+        raise error(f"{path}: schema_version {version!r}, this code reads {SCHEMA_VERSION}")
+    return manifest

@@ -6,7 +6,6 @@ schema version this code cannot read, or tables that disagree with each other.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,14 +53,8 @@ def _require(path: Path, what: str) -> Path:
 
 
 def read_manifest(root: Path) -> dict:
-    path = _require(root / schema.MANIFEST_NAME, "manifest (unfinished preparation, or not a prepared directory)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PreparedDataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    version = manifest.get("schema_version")
-    if version != schema.SCHEMA_VERSION:
-        raise PreparedDataError(f"{path}: schema_version {version!r}, this code reads {schema.SCHEMA_VERSION}")
+    manifest = schema.read_manifest(root, PreparedDataError)
+    path = root / schema.MANIFEST_NAME
     for key in ("tags", "shards"):
         if key not in manifest:
             raise PreparedDataError(f"{path}: no {key!r} entry")
