@@ -1,6 +1,10 @@
 """Evaluate a stage checkpoint: every task, every baseline, full ranking; writes the report.
 
     python -m launch.evaluate --checkpoint runs/ml-100k/steer --out runs/ml-100k/report
+
+While a stage still trains, ``runs/<name>/<stage>/best`` holds its best epoch so far as a checkpoint
+of its own (metrics say ``in_progress``); evaluating it writes ``runs/<name>/report-<stage>-in-progress``
+by default, beside the final report rather than over it.
 """
 
 from __future__ import annotations
@@ -58,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         rerank_depths=tuple(cfg.eval.rerank_depths), rerank_grid=cfg.eval.rerank_grid,
         max_cases=args.max_cases or cfg.eval.max_cases, batch_size=cfg.eval.batch_size,
     )
-    out = Path(args.out) if args.out else ckpt.parent / "report"
+    in_progress = bool(stage_metrics.get("in_progress"))
+    run_dir = ckpt.parent.parent if in_progress else ckpt.parent  # <run>/<stage>/best mid-stage
+    default_out = run_dir / (f"report-{stage_metrics.get('stage')}-in-progress" if in_progress else "report")
+    out = Path(args.out) if args.out else default_out
     report = build_report(
         results, config={"train": dataclasses.asdict(cfg), "evaluate": vars(args)}, seed=cfg.seed,
         manifest_path=Path(prepared.root) / schema.MANIFEST_NAME, subset_sizes=sizes,
@@ -66,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     report["split"] = args.split
     report["checkpoint"] = {"path": str(ckpt), "stage": stage_metrics.get("stage"),
                             "best_epoch": stage_metrics.get("best_epoch"),
-                            "selected_on": stage_metrics.get("selected_on")}
+                            "selected_on": stage_metrics.get("selected_on"), "in_progress": in_progress,
+                            "epochs_run": stage_metrics.get("epochs_run")}
     report["rerank_tuning"] = reranks
     json_path, md_path = write_report(out, report)
-    history = training_history(ckpt.parent)
+    history = training_history(run_dir)
     pictures = []
     if history:
         pictures.append(plots.plot_training_curves(_curve_rows(history), out / "training_curves.png"))

@@ -207,3 +207,40 @@ def test_corrupt_or_partial_checkpoint_is_refused_by_name(trained_run, tmp_path)
     (bad / "COMPLETE").unlink()
     with pytest.raises(CheckpointError, match="partial checkpoint"):
         load_checkpoint(bad)
+
+
+def test_a_stage_in_progress_can_be_evaluated_from_its_best_epoch(tiny_prepared, tmp_path, monkeypatch):
+    """best/ is a checkpoint of its own while a stage trains: the run is stopped right before its
+    final write, the mid-stage checkpoint is evaluated, and the stage, finished afterwards, keeps
+    exactly those weights."""
+    from dpr_dist.training import loop
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt("stopped before the final checkpoint")
+
+    monkeypatch.setattr(loop, "finalise_checkpoint", die)
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(tiny_config(tiny_prepared, tmp_path), ("warmup",))
+    best = tmp_path / "warmup" / "best"
+    state, config, metrics = load_checkpoint(best)
+    history = [json.loads(line) for line in (tmp_path / "warmup" / "history.jsonl").read_text().splitlines()]
+    values = [h[metrics["selected_on"]] for h in history]
+    assert metrics["in_progress"] is True and metrics["epochs_run"] == len(history) >= 2
+    assert metrics["best_epoch"] == max(range(len(values)), key=lambda i: (values[i], -i))
+    assert config["out_dir"] == str(tmp_path)
+    assert not (tmp_path / "warmup" / "COMPLETE").exists()
+
+    assert evaluate.main(["--checkpoint", str(best), "--max-cases", "8"]) == 0
+    out = tmp_path / "report-warmup-in-progress"
+    report = json.loads((out / "report.json").read_text())
+    assert report["checkpoint"]["in_progress"] is True
+    assert report["checkpoint"]["best_epoch"] == metrics["best_epoch"]
+    assert "stage still training" in (out / "report.md").read_text()
+    assert (out / "training_curves.png").is_file()  # the history beside the stage, not inside best/
+
+    monkeypatch.undo()
+    run_stages(tiny_config(tiny_prepared, tmp_path), ("warmup",))  # resumes past the last epoch, then writes
+    final, _, final_metrics = load_checkpoint(tmp_path / "warmup")
+    assert "in_progress" not in final_metrics and final_metrics["best_epoch"] == metrics["best_epoch"]
+    assert not best.exists()
+    assert final.keys() == state.keys() and all(torch.equal(final[k], state[k]) for k in final)

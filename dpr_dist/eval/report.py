@@ -172,6 +172,15 @@ def render_markdown(report: dict) -> str:
         f"- code: `{code['commit'] or 'unknown'}`" + (" (uncommitted changes)" if code["dirty"] else ""),
         f"- seed: {report['seed']}",
     ]
+    if "split" in report:
+        lines.append(f"- split: {report['split']}")
+    ckpt = report.get("checkpoint")
+    if ckpt:
+        lines.append(f"- checkpoint: `{ckpt['path']}` ({ckpt['stage']}, epoch {ckpt['best_epoch']} kept on "
+                     f"{ckpt['selected_on']})")
+        if ckpt.get("in_progress"):
+            lines.append(f"- **stage still training** when evaluated: the best of its first "
+                         f"{ckpt.get('epochs_run')} epochs, not its final checkpoint")
     sizes = report.get("subset_sizes", {})
     for task, subsets in report["results"].items():
         folded: dict[str, list[str]] = {prefix: [] for prefix in FOLDED_SUBSETS}

@@ -38,7 +38,7 @@ def save_checkpoint(directory: str | Path, state: dict[str, torch.Tensor], confi
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     with atomic_path(directory / WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
-    return _finish(directory, config, metrics)
+    return complete_checkpoint(directory, config, metrics)
 
 
 def finalise_checkpoint(directory: str | Path, weights: str | Path, config: dict, metrics: dict) -> Path:
@@ -47,10 +47,12 @@ def finalise_checkpoint(directory: str | Path, weights: str | Path, config: dict
     directory.mkdir(parents=True, exist_ok=True)
     (directory / COMPLETE).unlink(missing_ok=True)
     Path(weights).replace(directory / WEIGHTS)
-    return _finish(directory, config, metrics)
+    return complete_checkpoint(directory, config, metrics)
 
 
-def _finish(directory: Path, config: dict, metrics: dict) -> Path:
+def complete_checkpoint(directory: str | Path, config: dict, metrics: dict) -> Path:
+    """Make a checkpoint of ``directory``, whose weights file is in place: config, metrics, COMPLETE."""
+    directory = Path(directory)
     write_bytes_atomic(directory / CONFIG, yaml.safe_dump(config, sort_keys=False).encode())
     write_json_atomic(directory / METRICS, metrics)
     write_complete(directory, [directory / name for name in (WEIGHTS, CONFIG, METRICS)])

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from dpr_dist.common.atomic import write_bytes_atomic, write_json_atomic
 from dpr_dist.training import resume
-from dpr_dist.training.checkpoint import finalise_checkpoint
+from dpr_dist.common.complete import COMPLETE
+from dpr_dist.training.checkpoint import complete_checkpoint, finalise_checkpoint
 from dpr_dist.training.config import TrainConfig
 from dpr_dist.training.objectives import OBJECTIVES, Context
 
@@ -220,7 +221,15 @@ def train_stage(
                        f"valid {state.metric_name} {value:.4f}")
         if value > state.best_metric:
             state.best_metric, state.best_epoch, state.bad_epochs = value, state.epoch, 0
+            if main:  # the old marker would name the old weights' checksum while the new ones are written
+                (best_path.parent / COMPLETE).unlink(missing_ok=True)
             runtime.save_weights(model, best_path)
+            if main:
+                # best/ is a checkpoint of its own while the stage runs, so that launch.evaluate
+                # can report on a run hours before it ends; the final checkpoint replaces it.
+                complete_checkpoint(best_path.parent, asdict(cfg), {
+                    **_selection(stage_name, state, model), "in_progress": True,
+                    "epochs_run": len(state.history), "fingerprint": fingerprint})
         else:
             state.bad_epochs += 1
             state.stopped = state.bad_epochs >= stage.patience
@@ -236,15 +245,11 @@ def train_stage(
     peak[runtime.rank] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     peak = runtime.all_reduce(peak)
     metrics = {
-        "stage": stage_name,
-        "best_epoch": state.best_epoch,
-        "selected_on": f"valid/{state.metric_name}",
-        "best_metric": state.best_metric,
+        **_selection(stage_name, state, model),
         "epochs_run": len(state.history),
         "seconds": round(state.seconds, 2),
         "fingerprint": fingerprint,
         "world_size": runtime.world_size,
-        "item_table_fixed_columns": model.item_table.fixed,  # load_model rebuilds the table with them
         "peak_rss_mib_per_rank": [round(x, 1) for x in peak.tolist()],
         "seconds_per_step": round(sum(r["train_seconds"] for r in state.history) / max(1, sum(r["steps"] for r in state.history)), 4),
         "history": state.history,
@@ -257,3 +262,14 @@ def train_stage(
     runtime.barrier(f"{stage_name}: after writing the checkpoint {stage_dir}")
     return StageResult(stage_name, state.best_epoch, state.best_metric, state.metric_name, state.history,
                        state.seconds, str(stage_dir))
+
+
+def _selection(stage_name: str, state: LoopState, model) -> dict:
+    """What a checkpoint's metrics say of the kept epoch, mid-stage (best/) and at its end."""
+    return {
+        "stage": stage_name,
+        "best_epoch": state.best_epoch,
+        "selected_on": f"valid/{state.metric_name}",
+        "best_metric": state.best_metric,
+        "item_table_fixed_columns": model.item_table.fixed,  # load_model rebuilds the table with them
+    }
