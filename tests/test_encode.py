@@ -112,6 +112,29 @@ def test_smollm2_reads_the_last_token_of_each_text_whatever_its_padding(smollm2)
     assert float(ours[0] @ ours[2]) < 0.999  # different texts, different vectors
 
 
+def test_two_smollm2_readings_share_one_model_and_read_their_own_prompts(smollm2, monkeypatch):
+    """smollm2+smollm2-feeling: one model load; the first part is the one-word-summary reading, the
+    second the last token's state of the feeling prompt, computed here text by text (no padding)."""
+    import torch
+
+    from data_pipeline import encode
+
+    loads = []
+    monkeypatch.setattr(encode, "load_smollm2", lambda gguf: loads.append(gguf) or (smollm2.tokenizer, smollm2.model))
+    both = encode.make_encoder(EncoderConfig(kind="smollm2+smollm2-feeling"))
+    assert len(loads) == 1
+    out = both.encode(SMOLLM2_TEXTS) * np.sqrt(2)
+    summary, feeling = out[:, :576], out[:, 576:]
+    np.testing.assert_allclose(summary, smollm2.encode(SMOLLM2_TEXTS), atol=1e-6)
+    for row, text in enumerate(SMOLLM2_TEXTS):
+        with torch.inference_mode():
+            tokens = smollm2.tokenizer([encode.SMOLLM2_FEELING_PROMPT.format(text)], return_tensors="pt")
+            last = smollm2.model(**tokens).last_hidden_state[0, -1]
+        np.testing.assert_allclose(feeling[row], (last / last.norm()).numpy(), atol=1e-5)
+    assert np.abs(summary - feeling).max() > 0.1  # two readings, not one twice
+    assert encoder_info(EncoderConfig(kind="minilm+smollm2+smollm2-feeling"))["dim"] == 384 + 2 * 576
+
+
 def test_smollm2_cache_encodes_bit_identically_and_is_rebuilt_when_corrupt(smollm2, monkeypatch):
     from data_pipeline import encode
 

@@ -50,6 +50,22 @@ def test_a_polarity_axis_is_found_and_neighbours_follow_the_dominant_direction()
     assert set(result["per_template"]) == set(prompts.loc[prompts["held_out"], "template"])
 
 
+def test_leave_one_training_template_out_tells_a_shared_polarity_axis_from_per_wording_ones():
+    """A polarity axis shared by every wording carries over to a left-out training template; polarity
+    written on one axis per wording fits the training rows perfectly and carries over to none."""
+    prompts = prompt_table()
+    shared = prompt_probe.probe(prompts, embeddings(prompts, polarity_scale=1.0))
+    train_templates = set(prompts.loc[~prompts["held_out"], "template"])
+    assert set(shared["training_loto_per_template"]) == train_templates
+    assert shared["training_loto_accuracy"] == 1.0
+
+    wording = pd.get_dummies(prompts["template"]).to_numpy(float) * prompts["polarity"].to_numpy()[:, None]
+    own_axes = np.concatenate([embeddings(prompts, polarity_scale=0.0), wording], axis=1)
+    per_wording = prompt_probe.probe(prompts, own_axes)
+    assert per_wording["training_probe_accuracy"] == 1.0
+    assert per_wording["training_loto_accuracy"] <= 0.5
+
+
 def test_neighbour_agreement_against_a_brute_force_count():
     rng = np.random.default_rng(1)
     emb, labels = rng.normal(size=(30, 4)), rng.integers(0, 3, 30)

@@ -92,9 +92,12 @@ def test_steer_ablation_remakes_align_for_an_untrained_module_only(trained_run, 
     """benchmarks/steer_ablation.py: a change of gate shape (scalar -> vector) keeps every trained
     tensor and re-initialises the gate as the changed model would; a change to a trained module (the
     backbone) is refused."""
-    from benchmarks.steer_ablation import remake_align
+    from benchmarks.steer_ablation import first_retrained_stage, remake_checkpoint
     from dpr_dist.modules import build_model
 
+    trained = {"backbone", "item_table", "projection"}  # tiny.yaml: warm-up and align train these
+    remake_align = lambda src, dst, overrides: remake_checkpoint(src, dst, overrides, trained)
+    assert first_retrained_stage(trained_run, {"model.fusion_gate": "vector"}) == "steer"
     reinit = remake_align(trained_run / "align", tmp_path / "align", {"model.fusion_gate": "vector"})
     assert reinit == ["fusion.linear.bias", "fusion.linear.weight"]
     old, _, _ = load_model(trained_run / "align")
@@ -244,3 +247,44 @@ def test_a_stage_in_progress_can_be_evaluated_from_its_best_epoch(tiny_prepared,
     assert "in_progress" not in final_metrics and final_metrics["best_epoch"] == metrics["best_epoch"]
     assert not best.exists()
     assert final.keys() == state.keys() and all(torch.equal(final[k], state[k]) for k in final)
+
+
+def test_ablation_with_other_prompt_embeddings_retrains_align_from_the_same_warmup(trained_run, tiny_prepared, tmp_path):
+    """benchmarks/steer_ablation.py with another prompt encoder: the same cases and shards with wider
+    prompt embeddings retrain align and steer from the source's warm-up (backbone and table kept to
+    the bit); data with other cases, and a change to a warm-up-trained module, are refused."""
+    from benchmarks import steer_ablation
+    from data_pipeline import prepare
+
+    def prepared(name: str, *sets: str) -> Path:
+        out = tmp_path / name
+        assert prepare.main(["--config", str(REPO / "configs" / "data" / "tiny-synthetic.yaml"),
+                             "--set", f"output_dir={out}", "--cache-dir", str(tmp_path / "cache"),
+                             *sum((["--set", s] for s in sets), [])]) == 0
+        return out
+
+    wide = prepared("wide", "encoder.dim=96")
+    change = {"data_dir": str(wide), "model.prompt_dim": 96}
+    assert steer_ablation.first_retrained_stage(trained_run, change) == "align"
+    assert steer_ablation.first_retrained_stage(trained_run, {"data_dir": str(tiny_prepared)}) == "steer"
+    with pytest.raises(SystemExit, match="which the warm-up trained"):
+        steer_ablation.first_retrained_stage(trained_run, {**change, "model.num_blocks": 2})
+    other = prepared("other-cases", "seed=1")
+    with pytest.raises(SystemExit, match="shards, items or prompt texts differ"):
+        steer_ablation.first_retrained_stage(trained_run, {"data_dir": str(other)})
+
+    out = tmp_path / "ablation"
+    assert steer_ablation.main(["--from", str(trained_run), "--out", str(out),
+                                *sum((["--set", f"{k}={v}"] for k, v in change.items()), [])]) == 0
+    source, _, _ = load_checkpoint(trained_run / "warmup")
+    remade, config, metrics = load_checkpoint(out / "warmup")
+    assert config["model"]["prompt_dim"] == 96 and metrics["remade_from"] == str(trained_run / "warmup")
+    assert {key.split(".")[0] for key in metrics["reinitialised"]} == {"projection", "router"}
+    steer, steer_config, _ = load_checkpoint(out / "steer")
+    for key in source:
+        if key.startswith(("backbone.", "item_table.")):
+            assert torch.equal(source[key], remade[key]) and torch.equal(source[key], steer[key]), key
+    assert steer["projection.mlp.0.weight"].shape[1] == 96
+    assert steer_config["data_dir"] == str(wide)
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["split"] == "test" and report["results"]["positive"]["all"]["dpr"]["ndcg@10"] >= 0
