@@ -44,7 +44,7 @@ from dpr_dist.training.run import config_dict  # noqa: E402
 
 def _refit(src: Path, overrides: dict):
     """(changed config, source metrics, the checkpoint's tensors for the changed model, keys that no
-    longer fit it and were re-initialised)."""
+    longer fit it and were re-initialised, keys the changed model no longer has)."""
     state, _, metrics = load_checkpoint(src)
     cfg = load_yaml(TrainConfig, src / "config.yaml", overrides)
     table = state["item_table.embedding.weight"]
@@ -54,19 +54,20 @@ def _refit(src: Path, overrides: dict):
     fresh = model.state_dict()
     fits = {key for key in fresh if key in state and fresh[key].shape == state[key].shape}
     out = {key: state[key] if key in fits else fresh[key] for key in fresh}
-    return cfg, metrics, out, sorted(set(fresh) - fits)
+    return cfg, metrics, out, sorted(set(fresh) - fits), sorted(set(state) - set(fresh))
 
 
 def changed_modules(src: Path, overrides: dict) -> set[str]:
-    """The top-level modules of which a tensor no longer fits the changed model."""
-    return {key.split(".")[0] for key in _refit(src, overrides)[3]}
+    """The top-level modules of which a tensor no longer fits the changed model, or is gone from it."""
+    _, _, _, reinitialised, dropped = _refit(src, overrides)
+    return {key.split(".")[0] for key in reinitialised + dropped}
 
 
 def remake_checkpoint(src: Path, dst: Path, overrides: dict, trained: set[str]) -> list[str]:
     """Write ``dst`` = the checkpoint ``src`` for the changed config; returns the re-initialised keys.
     ``trained``: the modules ``src``'s stage and those before it trained (they must still fit)."""
-    cfg, metrics, out, reinitialised = _refit(src, overrides)
-    for key in reinitialised:
+    cfg, metrics, out, reinitialised, dropped = _refit(src, overrides)
+    for key in reinitialised + dropped:
         if key.split(".")[0] in trained:
             raise SystemExit(f"{src}: {key} no longer fits the changed model, and an earlier stage trained it "
                              f"({key.split('.')[0]}): this change needs a new run, not a steer ablation")

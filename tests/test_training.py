@@ -112,8 +112,9 @@ def test_steer_ablation_remakes_align_for_an_untrained_module_only(trained_run, 
                         fixed_columns=table[:, table.shape[1] - fixed:] if fixed else None)
     assert torch.equal(new.fusion.linear.weight, fresh.fusion.linear.weight)
     assert new.fusion.linear.weight.shape[0] == cfg.model.hidden != old.fusion.linear.weight.shape[0]
-    with pytest.raises(SystemExit, match="an earlier stage trained it"):
-        remake_align(trained_run / "align", tmp_path / "refused", {"model.num_blocks": 2})
+    for fewer_or_more in ({"model.num_blocks": 2}, {"model.num_blocks": 0}):  # backbone tensors added / gone
+        with pytest.raises(SystemExit, match="an earlier stage trained it"):
+            remake_align(trained_run / "align", tmp_path / "refused", fewer_or_more)
     assert not (tmp_path / "refused").exists()
 
 

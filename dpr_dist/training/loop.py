@@ -21,8 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from dpr_dist.common.atomic import write_bytes_atomic, write_json_atomic
-from dpr_dist.training import resume
 from dpr_dist.common.complete import COMPLETE
+from dpr_dist.training import resume
 from dpr_dist.training.checkpoint import complete_checkpoint, finalise_checkpoint
 from dpr_dist.training.config import TrainConfig
 from dpr_dist.training.objectives import OBJECTIVES, Context
