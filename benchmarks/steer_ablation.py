@@ -75,7 +75,7 @@ def remake_checkpoint(src: Path, dst: Path, overrides: dict, trained: set[str]) 
     return reinitialised
 
 
-def check_same_cases(old_dir: str, new_dir: str) -> bool:
+def prompt_embeddings_differ(old_dir: str, new_dir: str) -> bool:
     """True when ``new_dir`` holds other prompt embeddings for the cases of ``old_dir`` (False: the same
     data set); SystemExit when anything but the embeddings differs (shards, items, prompt texts)."""
     if Path(old_dir).resolve() == Path(new_dir).resolve():
@@ -96,7 +96,7 @@ def first_retrained_stage(src: Path, overrides: dict) -> str:
     if changed & set(cfg.warmup.train):
         raise SystemExit(f"the change alters {sorted(changed & set(cfg.warmup.train))}, which the warm-up trained: "
                          "this change needs a new run, not an ablation")
-    if check_same_cases(source_data, cfg.data_dir) or changed & set(cfg.align.train):
+    if prompt_embeddings_differ(source_data, cfg.data_dir) or changed & set(cfg.align.train):
         return "align"
     return "steer"
 

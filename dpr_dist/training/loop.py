@@ -227,9 +227,8 @@ def train_stage(
             if main:
                 # best/ is a checkpoint of its own while the stage runs, so that launch.evaluate
                 # can report on a run hours before it ends; the final checkpoint replaces it.
-                complete_checkpoint(best_path.parent, asdict(cfg), {
-                    **_selection(stage_name, state, model), "in_progress": True,
-                    "epochs_run": len(state.history), "fingerprint": fingerprint})
+                complete_checkpoint(best_path.parent, asdict(cfg),
+                                    {**_selection(stage_name, state, model, fingerprint), "in_progress": True})
         else:
             state.bad_epochs += 1
             state.stopped = state.bad_epochs >= stage.patience
@@ -245,10 +244,8 @@ def train_stage(
     peak[runtime.rank] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     peak = runtime.all_reduce(peak)
     metrics = {
-        **_selection(stage_name, state, model),
-        "epochs_run": len(state.history),
+        **_selection(stage_name, state, model, fingerprint),
         "seconds": round(state.seconds, 2),
-        "fingerprint": fingerprint,
         "world_size": runtime.world_size,
         "peak_rss_mib_per_rank": [round(x, 1) for x in peak.tolist()],
         "seconds_per_step": round(sum(r["train_seconds"] for r in state.history) / max(1, sum(r["steps"] for r in state.history)), 4),
@@ -264,12 +261,14 @@ def train_stage(
                        state.seconds, str(stage_dir))
 
 
-def _selection(stage_name: str, state: LoopState, model) -> dict:
+def _selection(stage_name: str, state: LoopState, model, fingerprint: str) -> dict:
     """What a checkpoint's metrics say of the kept epoch, mid-stage (best/) and at its end."""
     return {
         "stage": stage_name,
         "best_epoch": state.best_epoch,
         "selected_on": f"valid/{state.metric_name}",
         "best_metric": state.best_metric,
+        "epochs_run": len(state.history),
+        "fingerprint": fingerprint,
         "item_table_fixed_columns": model.item_table.fixed,  # load_model rebuilds the table with them
     }
