@@ -138,6 +138,21 @@ def test_benchmark_evaluation_is_kept_until_the_steer_checkpoint_is_newer(traine
     assert (tmp_path / "run.log").read_text().count("launch.evaluate") == 2
 
 
+def test_benchmark_run_log_is_written_as_the_child_prints(tmp_path, monkeypatch):
+    """bench_quality.run gives its child an unbuffered stdout: a Python child writing to a file
+    block-buffers otherwise, and the run log lagged the training by minutes."""
+    import sys
+
+    from benchmarks.bench_quality import run
+
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # the child must not inherit it from us
+    log = tmp_path / "run.log"
+    run([sys.executable, "-c", "import sys; print('write_through', sys.stdout.write_through)"], log)
+    assert "write_through True" in log.read_text()
+    with pytest.raises(SystemExit, match="failed \\(3\\)"):
+        run([sys.executable, "-c", "raise SystemExit(3)"], log)
+
+
 def test_steer_selection_can_charge_the_violation_rate(trained_run, tiny_prepared, tmp_path):
     """steer.violation_weight (ours): the kept epoch maximises mean NDCG@10 - w * violation@10, both
     read from validation; w = 0 is DPR_SPEC's plain mean NDCG@10."""
