@@ -196,7 +196,9 @@ def _cut_grad(grad: Tensor, fixed: int) -> Tensor | None:
         grad = grad.coalesce()
         values = grad.values().clone()
         values[:, values.shape[1] - fixed :] = 0.0
-        return torch.sparse_coo_tensor(grad.indices(), values, grad.shape)
+        # indices of a coalesced tensor: the invariants hold by construction, no need to check them
+        return torch.sparse_coo_tensor(grad.indices(), values, grad.shape, is_coalesced=True,
+                                       check_invariants=False)
     grad = grad.index_fill(0, torch.tensor([PAD_ID], device=grad.device), 0.0)
     if fixed:
         grad[:, grad.shape[1] - fixed :] = 0.0
