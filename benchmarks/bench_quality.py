@@ -2,7 +2,7 @@
 every baseline, then means and spread over the seeds next to the goals of DPR_SPEC.md.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_quality.py --train-config configs/train/ml-1m.yaml \
-        --data-dir data/ml-1m-minilm-smollm2 --backbones sasrec gru4rec --seeds 0 1 2 --out runs/bench-ml1m
+        --data-dir data/ml-1m-minilm-smollm2-feeling --backbones sasrec gru4rec --seeds 0 1 2 --out runs/bench-ml1m
 
 Hours on 2 CPU cores. Resumable: a finished stage of a run is skipped (same fingerprint), an
 interrupted one resumes from its last state, a finished evaluation is kept; rerun the same command
@@ -123,7 +123,7 @@ def summarise(reports: dict[str, list[dict]]) -> tuple[dict, str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-config", type=Path, default=REPO / "configs/train/ml-1m.yaml")
-    ap.add_argument("--data-dir", type=Path, default=REPO / "data/ml-1m-minilm-smollm2")
+    ap.add_argument("--data-dir", type=Path, default=REPO / "data/ml-1m-minilm-smollm2-feeling")
     ap.add_argument("--backbones", nargs="+", default=["sasrec", "gru4rec"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=REPO / "runs/bench-ml1m")

@@ -1,6 +1,6 @@
 """Serve a trained DPR checkpoint: the HTTP API and the web demo on one port.
 
-    python -m launch.serve --checkpoint runs/ml-1m/steer --data-dir data/ml-1m-minilm-smollm2 --port 8000
+    python -m launch.serve --checkpoint runs/ml-1m/steer --data-dir data/ml-1m-minilm-smollm2-feeling --port 8000
     # then open http://127.0.0.1:8000/  (API description: /openapi.json)
 
 Binds 127.0.0.1 unless told otherwise: the demo has no authentication.

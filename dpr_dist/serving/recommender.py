@@ -1,7 +1,7 @@
 """Recommendations for one person: a history (a known user's, or items given by id or title), an
 optional prompt, and the DPR list next to the backbone's, over the whole catalogue.
 
-    rec = Recommender.load("runs/ml-1m/steer", "data/ml-1m-minilm-smollm2")
+    rec = Recommender.load("runs/ml-1m/steer", "data/ml-1m-minilm-smollm2-feeling")
     out = rec.recommend(user=42, prompt="comedy, but nothing scary", k=10)
     out.dpr, out.backbone, out.clauses
 
