@@ -4,10 +4,11 @@ again, then the TEST-split evaluation. A/B of a steering change without hours of
 
     OMP_NUM_THREADS=1 python benchmarks/steer_ablation.py --from runs/bench-ml1m/sasrec-s0 \
         --out runs/gate-floor/sasrec-s0 --set model.fusion_gate_floor=0.05 --set threads=1
-    # another prompt encoder: the same cases and shards, other prompt embeddings (align is retrained)
+    # another prompt encoder: the same cases and shards, other prompt embeddings (align is retrained);
+    # here the recipe's data without the feeling reading
     OMP_NUM_THREADS=1 python benchmarks/steer_ablation.py --from runs/full-sas1/sasrec-s1 \
-        --out runs/feeling/sasrec-s1 --set data_dir=data/ml-1m-minilm-smollm2-feeling \
-        --set model.prompt_dim=1536 --set threads=1
+        --out runs/summary-only/sasrec-s1 --set data_dir=data/ml-1m-minilm-smollm2 \
+        --set model.prompt_dim=960 --set threads=1
 
 Which stages are retrained: steer alone when the change leaves every tensor the warm-up and align
 trained in place; align and steer when it changes a tensor only align trained (the projection, e.g.
