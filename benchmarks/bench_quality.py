@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -29,32 +30,58 @@ from dpr_dist.common.atomic import write_bytes_atomic, write_json_atomic  # noqa
 from dpr_dist.eval.report import aggregate_seeds  # noqa: E402
 from dpr_dist.training.checkpoint import COMPLETE  # noqa: E402
 
-# (task, method, metric) rows of the summary; the goal column quotes DPR_SPEC.md.
-ROWS = [
-    ("standard", "popularity", "ndcg@10", ""),
-    ("standard", "backbone", "ndcg@10", "SASRec >= 0.18"),
-    ("standard", "dpr", "ndcg@10", ">= 0.19, never below the backbone (paper 0.1838)"),
-    ("positive", "popularity+filter", "ndcg@10", ""),
-    ("positive", "backbone", "ndcg@10", ""),
-    ("positive", "hard_filter", "ndcg@10", ""),
-    ("positive", "rerank@50", "ndcg@10", ""),
-    ("positive", "rerank@200", "ndcg@10", ""),
-    ("positive", "dpr_hard", "ndcg@10", ""),
-    ("positive", "dpr", "ndcg@10", ">= 1.7x hard filter (paper: up to +71.84%)"),
-    ("positive", "dpr+filter", "ndcg@10", "(ours: DPR's order within the requested tag)"),
-    ("negative", "backbone", "recall@10", ""),
-    ("negative", "hard_filter", "recall@10", ""),
-    ("negative", "rerank@200", "recall@10", ""),
-    ("negative", "dpr", "recall@10", ">= 0.2076 and above the hard filter (paper 0.2076)"),
-    ("negative", "dpr+filter", "recall@10", ""),
-    ("negative", "backbone", "violation@10", ""),
-    ("negative", "dpr", "violation@10", "<= 1%"),
-    ("negative", "dpr+filter", "violation@10", "0%"),
-    ("combined", "hard_filter", "ndcg@10", ""),
-    ("combined", "dpr", "ndcg@10", ""),
-    ("combined", "dpr", "violation@10", ""),
-]
+class Row(NamedTuple):
+    """One summary line: ``results[task][subset][method][metric]``, or its ratio to ``over``'s."""
+    task: str
+    method: str
+    metric: str
+    goal: str = ""
+    subset: str = "all"
+    over: str | None = None
 
+    @property
+    def key(self) -> str:
+        return "/".join([self.task, self.subset, self.method, self.metric] + ([f"over:{self.over}"] if self.over else []))
+
+    def value(self, results: dict) -> float | None:
+        cell = results.get(self.task, {}).get(self.subset, {})
+        got = cell.get(self.method, {}).get(self.metric)
+        if got is None or self.over is None:
+            return got
+        base = cell.get(self.over, {}).get(self.metric)
+        return None if not base else got / base
+
+
+# The goal column quotes DPR_SPEC.md. The subset rows are where the goals are won or lost: seen vs
+# held-out wording, and the intent-shift cases (the requested tag absent from the history).
+ROWS = [
+    Row("standard", "popularity", "ndcg@10"),
+    Row("standard", "backbone", "ndcg@10", "SASRec >= 0.18"),
+    Row("standard", "dpr", "ndcg@10", ">= 0.19, never below the backbone (paper 0.1838)"),
+    Row("positive", "popularity+filter", "ndcg@10"),
+    Row("positive", "backbone", "ndcg@10"),
+    Row("positive", "hard_filter", "ndcg@10"),
+    Row("positive", "rerank@50", "ndcg@10"),
+    Row("positive", "rerank@200", "ndcg@10"),
+    Row("positive", "dpr_hard", "ndcg@10"),
+    Row("positive", "dpr", "ndcg@10", ">= 1.7x hard filter (paper: up to +71.84%)"),
+    Row("positive", "dpr+filter", "ndcg@10", "(ours: DPR's order within the requested tag)"),
+    Row("negative", "backbone", "recall@10"),
+    Row("negative", "hard_filter", "recall@10"),
+    Row("negative", "rerank@200", "recall@10"),
+    Row("negative", "dpr", "recall@10", ">= 0.2076 and above the hard filter (paper 0.2076)"),
+    Row("negative", "dpr+filter", "recall@10"),
+    Row("negative", "backbone", "violation@10"),
+    Row("negative", "dpr", "violation@10", "<= 1%"),
+    Row("negative", "dpr+filter", "violation@10", "0%"),
+    Row("combined", "hard_filter", "ndcg@10"),
+    Row("combined", "dpr", "ndcg@10"),
+    Row("combined", "dpr", "violation@10"),
+    Row("positive", "dpr", "ndcg@10", ">= 1.7", over="hard_filter"),
+    *(Row("positive", "dpr", "ndcg@10", subset=subset, over="hard_filter") for subset in ("seen", "held_out", "shift")),
+    *(Row("negative", "dpr", "recall@10", subset=subset, over="hard_filter") for subset in ("seen", "held_out")),
+    *(Row("negative", "dpr", "violation@10", subset=subset) for subset in ("seen", "held_out")),
+]
 
 def run(cmd: list[str], log: Path) -> None:
     with open(log, "a") as fh:
@@ -92,33 +119,27 @@ def evaluate_on_test(out: Path, log: Path) -> Path:
     return report
 
 
-def value(results: dict, task: str, method: str, metric: str):
-    return results.get(task, {}).get("all", {}).get(method, {}).get(metric)
-
-
 def summarise(reports: dict[str, list[dict]]) -> tuple[dict, str]:
+    """Mean ± std over the seeds of every ROWS line that all of a backbone's reports hold."""
     summary, lines = {}, []
     for backbone, runs in reports.items():
         rows = {}
-        for task, method, metric, _ in ROWS:
-            got = [value(r["results"], task, method, metric) for r in runs]
+        for row in ROWS:
+            got = [row.value(r["results"]) for r in runs]
             if all(v is not None for v in got):
-                rows[f"{task}/{method}/{metric}"] = aggregate_seeds(got)
-        ratio = [value(r["results"], "positive", "dpr", "ndcg@10") / value(r["results"], "positive", "hard_filter", "ndcg@10")
-                 for r in runs]
-        rows["positive/dpr_over_hard_filter"] = aggregate_seeds(ratio)
+                rows[row.key] = aggregate_seeds(got)
         summary[backbone] = {"seeds": [r["seed"] for r in runs], "rows": rows}
     for backbone, data in summary.items():
         lines += [f"### {backbone} (seeds {', '.join(map(str, data['seeds']))}; mean ± std)", "",
-                  "| task | method | metric | value | goal |", "|---|---|---|---|---|"]
-        for task, method, metric, goal in ROWS:
-            cell = data["rows"].get(f"{task}/{method}/{metric}")
+                  "| task | subset | method | metric | value | goal |", "|---|---|---|---|---|---|"]
+        for row in ROWS:
+            cell = data["rows"].get(row.key)
             if cell:
-                lines.append(f"| {task} | {method} | {metric} | {cell['mean']:.4f} ± {cell['std']:.4f} | {goal} |")
-        r = data["rows"]["positive/dpr_over_hard_filter"]
-        lines += [f"| positive | dpr / hard_filter | ratio | {r['mean']:.3f} ± {r['std']:.3f} | >= 1.7 |", ""]
+                method, metric, digits = (f"{row.method} / {row.over}", f"{row.metric} ratio", 3) if row.over else (row.method, row.metric, 4)
+                lines.append(f"| {row.task} | {row.subset} | {method} | {metric} | "
+                             f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f} | {row.goal} |")
+        lines.append("")
     return summary, "\n".join(lines) + "\n"
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -153,6 +153,29 @@ def test_benchmark_run_log_is_written_as_the_child_prints(tmp_path, monkeypatch)
         run([sys.executable, "-c", "raise SystemExit(3)"], log)
 
 
+def test_benchmark_summary_means_ratios_per_seed_and_skips_missing_subsets():
+    """bench_quality.summarise: a ratio row is the mean over seeds of each seed's own ratio (not the
+    ratio of the means); a subset that one seed's report lacks gives no row rather than a partial mean."""
+    import statistics
+
+    from benchmarks.bench_quality import summarise
+
+    def report(seed, dpr, hard_filter, with_shift):
+        positive = {"all": {"dpr": {"ndcg@10": dpr}, "hard_filter": {"ndcg@10": hard_filter}}}
+        if with_shift:
+            positive["shift"] = positive["all"]
+        return {"seed": seed, "results": {"positive": positive}}
+
+    summary, markdown = summarise({"sasrec": [report(0, 0.3, 0.2, True), report(1, 0.5, 0.25, False)]})
+    rows = summary["sasrec"]["rows"]
+    ratio = rows["positive/all/dpr/ndcg@10/over:hard_filter"]
+    assert ratio["mean"] == pytest.approx(statistics.mean([1.5, 2.0]))  # the ratio of the means is 1.778
+    assert ratio["std"] == pytest.approx(statistics.stdev([1.5, 2.0]))
+    assert rows["positive/all/dpr/ndcg@10"]["mean"] == pytest.approx(0.4)
+    assert not any("/shift/" in key for key in rows) and "| shift |" not in markdown
+    assert "| positive | all | dpr / hard_filter | ndcg@10 ratio | 1.750 ± 0.354 | >= 1.7 |" in markdown
+
+
 def test_steer_selection_can_charge_the_violation_rate(trained_run, tiny_prepared, tmp_path):
     """steer.violation_weight (ours): the kept epoch maximises mean NDCG@10 - w * violation@10, both
     read from validation; w = 0 is DPR_SPEC's plain mean NDCG@10."""
