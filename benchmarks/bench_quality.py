@@ -83,6 +83,7 @@ ROWS = [
     *(Row("negative", "dpr", "violation@10", subset=subset) for subset in ("seen", "held_out")),
 ]
 
+
 def run(cmd: list[str], log: Path) -> None:
     with open(log, "a") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n")
