@@ -30,6 +30,7 @@ from dpr_dist.common.atomic import write_bytes_atomic, write_json_atomic  # noqa
 from dpr_dist.eval.report import aggregate_seeds  # noqa: E402
 from dpr_dist.training.checkpoint import COMPLETE  # noqa: E402
 
+
 class Row(NamedTuple):
     """One summary line: ``results[task][subset][method][metric]``, or its ratio to ``over``'s."""
     task: str
